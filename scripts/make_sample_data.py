@@ -1,0 +1,15 @@
+"""Write the procedurally drawn sample subject and style under data/01_raw (see sample_data.py)."""
+
+import argparse
+import logging
+
+from ziplora_pipeline.sample_data import write_sample_data
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--root", default="data/01_raw")
+    parser.add_argument("--views", type=int, default=5)
+    parser.add_argument("--size", type=int, default=256)
+    args = parser.parse_args()
+    write_sample_data(args.root, args.views, args.size)

@@ -1,0 +1,154 @@
+"""Load the base diffusion model: one code path for the miniature model and real SDXL.
+
+``BaseModelConfig.pretrained_model_name_or_path`` is a hub id or a local diffusers folder. When
+``miniature_seed`` is set and the folder does not exist yet, the miniature SDXL is written there
+first (once); it is then loaded with ``StableDiffusionXLPipeline.from_pretrained`` like any SDXL.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config_utils import ConfigError, require
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+class BaseModelError(ValueError):
+    """The base model cannot be used: missing, not SDXL-shaped, or the device cannot run it."""
+
+
+@dataclass(frozen=True)
+class BaseModelConfig:
+    """Where the base model comes from and how it runs."""
+
+    pretrained_model_name_or_path: str = "data/02_intermediate/miniature_sdxl"
+    miniature_seed: int | None = 0  # build a miniature SDXL at the path if it is missing; null for real weights
+    revision: str | None = None
+    variant: str | None = None  # "fp16" picks SDXL's half-precision weight files
+    dtype: str = "auto"  # auto = fp32 on CPU, bf16 on GPUs that support it, else fp16
+    device: str = "auto"  # auto = cuda > mps > cpu
+    vae: str | None = None  # optional replacement VAE (e.g. madebyollin/sdxl-vae-fp16-fix)
+    local_files_only: bool = False  # true keeps the hub offline (HF_HUB_OFFLINE=1 does the same)
+
+    def __post_init__(self):
+        require(self.dtype == "auto" or self.dtype in _DTYPES,
+                f"base_model.dtype must be 'auto' or one of {sorted(_DTYPES)}, got {self.dtype!r}.")
+        require(self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
+                f"base_model.device must be auto, cpu, cuda[:N] or mps, got {self.device!r}.")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks cuda > mps > cpu; an explicit device that is absent is an error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BaseModelError(
+            f"base_model.device is {name!r} but CUDA is not available here (torch {torch.__version__}). "
+            "Set base_model.device: auto (or cpu), or install a CUDA build of torch."
+        )
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """Half precision only on accelerators; bf16 falls back to fp16 where unsupported."""
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float16 if device.type == "mps" else torch.float32
+    dtype = _DTYPES[name]
+    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        logger.warning("bf16 is not supported on this GPU; using fp16 instead (set base_model.dtype: fp16).")
+        return torch.float16
+    if dtype != torch.float32 and device.type == "cpu":
+        logger.warning("Half precision on CPU is slow and lossy; using fp32 (set base_model.dtype: fp32).")
+        return torch.float32
+    return dtype
+
+
+def check_sdxl_folder(folder: Path) -> None:
+    """Raise ``BaseModelError`` naming what was found when ``folder`` is not an SDXL pipeline."""
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise BaseModelError(
+            f"{folder} is not a diffusers model folder (no model_index.json). Point "
+            "base_model.pretrained_model_name_or_path at a folder saved with save_pretrained or a hub id."
+        )
+    cls = json.loads(index.read_text()).get("_class_name", "?")
+    unet_cfg = folder / "unet" / "config.json"
+    embed = json.loads(unet_cfg.read_text()).get("addition_embed_type") if unet_cfg.is_file() else None
+    if "XL" not in cls or embed != "text_time":
+        raise BaseModelError(
+            f"{folder} holds a {cls} (UNet addition_embed_type={embed!r}), not an SDXL pipeline "
+            "(StableDiffusionXLPipeline with a text_time UNet). Use an SDXL base model."
+        )
+
+
+def ensure_base_model(cfg: BaseModelConfig) -> str:
+    """Return the path/id to load, writing the miniature SDXL first when configured and missing."""
+    source = cfg.pretrained_model_name_or_path
+    path = Path(source)
+    if cfg.miniature_seed is not None and not path.exists():
+        from .miniature import MiniatureSpec, write_miniature_sdxl
+
+        write_miniature_sdxl(path, MiniatureSpec(seed=cfg.miniature_seed))
+    if path.exists():
+        check_sdxl_folder(path)
+    elif source.startswith((".", "/")) or source.count("/") != 1:
+        raise BaseModelError(
+            f"Base model {source!r} is neither an existing folder nor a hub id (owner/name). Fix "
+            "base_model.pretrained_model_name_or_path, or set base_model.miniature_seed to build the miniature model."
+        )
+    return source
+
+
+def load_base_pipeline(cfg: BaseModelConfig):
+    """Load the SDXL pipeline on the configured device and dtype; all weights frozen.
+
+    Returns:
+        A ``StableDiffusionXLPipeline`` whose modules have ``requires_grad=False``.
+    """
+    from diffusers import AutoencoderKL, StableDiffusionXLPipeline
+
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    # Loading bars per component drown the per-stage log lines; training loops keep theirs.
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    source = ensure_base_model(cfg)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    extra = {}
+    if cfg.vae:
+        extra["vae"] = AutoencoderKL.from_pretrained(cfg.vae, dtype=dtype, local_files_only=cfg.local_files_only)
+    try:
+        pipe = StableDiffusionXLPipeline.from_pretrained(
+            source, dtype=dtype, revision=cfg.revision, variant=cfg.variant,
+            local_files_only=cfg.local_files_only, **extra,
+        )
+    except (OSError, ValueError, TypeError) as err:
+        raise BaseModelError(f"Could not load SDXL base model {source!r}: {err}") from err
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
+        module.requires_grad_(False)
+    logger.info("Loaded base model %s on %s (%s), UNet %.1fM parameters", source, device, dtype,
+                sum(p.numel() for p in pipe.unet.parameters()) / 1e6)
+    return pipe
+
+
+__all__ = ["BaseModelConfig", "BaseModelError", "ConfigError", "ensure_base_model", "load_base_pipeline",
+           "resolve_device", "resolve_dtype"]

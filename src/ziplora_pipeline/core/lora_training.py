@@ -1,0 +1,177 @@
+"""DreamBooth LoRA training on the SDXL UNet (paper §4: rank 64 on the attention projections,
+text encoders frozen, Adam, lr 5e-5, batch 1, 1000 steps), as named functions and a short loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .checkpoints import CheckpointStore, run_key
+from .config_utils import require
+from .lora_io import LoraFile, lora_file_from_unet
+from .sdxl import ConceptInputs, diffusion_target, noisy_batch, training_scheduler, unet_predict
+
+logger = logging.getLogger(__name__)
+
+ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")  # paper: every UNet attention projection
+
+
+@dataclass(frozen=True)
+class LoraTrainingConfig:
+    """One LoRA's training run. Defaults suit the miniature model; conf/sdxl has the paper's."""
+
+    rank: int = 4
+    alpha: float | None = None  # LoRA scale = alpha / rank; null means alpha = rank (scale 1)
+    target_modules: tuple[str, ...] = ATTENTION_PROJECTIONS
+    learning_rate: float = 1e-3  # paper (SDXL): 5e-5
+    steps: int = 30  # optimizer steps; paper: 1000
+    batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    mixed_precision: str = "no"  # no | fp16 | bf16 (autocast on CUDA; LoRA weights stay fp32)
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 10  # steps between resumable checkpoints; 0 disables
+    cache_latents: bool = True  # encode images/prompts once (False re-encodes each step: benchmark only)
+
+    def __post_init__(self):
+        require(self.rank > 0, f"lora.rank must be a positive integer, got {self.rank}. Typical: 4-128.")
+        require(self.alpha is None or self.alpha > 0, f"lora.alpha must be positive or null, got {self.alpha}.")
+        require(self.steps > 0, f"lora.steps must be > 0, got {self.steps}.")
+        require(self.batch_size > 0, f"lora.batch_size must be > 0, got {self.batch_size}.")
+        require(self.gradient_accumulation_steps > 0, "lora.gradient_accumulation_steps must be > 0.")
+        require(self.learning_rate > 0, f"lora.learning_rate must be > 0, got {self.learning_rate}.")
+        require(self.checkpoint_every >= 0, "lora.checkpoint_every must be >= 0 (0 disables checkpoints).")
+        require(self.mixed_precision in ("no", "fp16", "bf16"),
+                f"lora.mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}.")
+        require(len(self.target_modules) > 0, "lora.target_modules must name at least one module.")
+
+    @property
+    def lora_alpha(self) -> float:
+        return self.alpha if self.alpha is not None else self.rank
+
+
+@dataclass
+class TrainingResult:
+    lora: LoraFile
+    losses: list[float]  # one per optimizer step
+    seconds: float
+    resumed_from: int  # 0 when trained from scratch
+
+
+def add_lora_adapter(unet, cfg: LoraTrainingConfig, adapter_name: str) -> list[torch.nn.Parameter]:
+    """Attach a trainable peft LoRA to the UNet's attention projections; return its parameters.
+
+    Gaussian init of A and zero B (peft's "gaussian"), so the adapter starts as the identity.
+    LoRA weights are kept in fp32 even when the UNet is half precision (mixed-precision master weights).
+    """
+    from peft import LoraConfig
+
+    unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.lora_alpha, init_lora_weights="gaussian",
+                                target_modules=list(cfg.target_modules)), adapter_name=adapter_name)
+    unet.set_adapters([adapter_name])
+    params = [p for n, p in unet.named_parameters() if f".{adapter_name}." in n and "lora_" in n]
+    for p in params:
+        p.data = p.data.float()
+        p.requires_grad_(True)
+    return params
+
+
+def _autocast(device: torch.device, mixed_precision: str):
+    if mixed_precision == "no" or device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if mixed_precision == "bf16" else torch.float16)
+
+
+def diffusion_loss(unet, scheduler, inputs: ConceptInputs, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """DreamBooth objective: MSE between the UNet's prediction and the diffusion target."""
+    latents = inputs.sample_latents(idx, generator)  # (B, C, h, w)
+    noisy, noise, t = noisy_batch(scheduler, latents, generator)
+    pred = unet_predict(unet, noisy, t, inputs)
+    return F.mse_loss(pred.float(), diffusion_target(scheduler, latents, noise, t).float())
+
+
+def train_lora(
+    pipe,
+    inputs: ConceptInputs | Callable[[], ConceptInputs],
+    cfg: LoraTrainingConfig,
+    adapter_name: str,
+    checkpoints: CheckpointStore | None = None,
+    key_parts: tuple = (),
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainingResult:
+    """Train one LoRA adapter on ``pipe.unet`` and export it as a diffusers-format ``LoraFile``.
+
+    Args:
+        inputs: the encoded concept, or a function that encodes it (called every step when
+            ``cfg.cache_latents`` is false, to measure what caching saves).
+        checkpoints: where to save/resume; the run key hashes ``cfg`` and ``key_parts``.
+        on_step: called with (step, loss) after each optimizer step (e.g. MLflow logging).
+    """
+    unet, device = pipe.unet, pipe.unet.device
+    encode = inputs if callable(inputs) else (lambda: inputs)
+    cached = encode() if cfg.cache_latents else None
+    scheduler = training_scheduler(pipe)
+    params = add_lora_adapter(unet, cfg, adapter_name)
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=1e-4)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    key = run_key(dataclasses.asdict(cfg), adapter_name, *key_parts)
+    start, losses = _maybe_resume(checkpoints, key, cfg, unet, adapter_name, optimizer, generator)
+    n_images = (cached or encode()).latent_mean.shape[0]
+    t0 = time.perf_counter()
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"LoRA {adapter_name}", leave=False)
+    for step in bar:
+        optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for _ in range(cfg.gradient_accumulation_steps):
+            batch_inputs = cached or encode()
+            idx = torch.randint(0, n_images, (cfg.batch_size,), generator=generator)
+            with _autocast(device, cfg.mixed_precision):
+                loss = diffusion_loss(unet, scheduler, batch_inputs, idx, generator)
+            (loss / cfg.gradient_accumulation_steps).backward()
+            total += loss.item() / cfg.gradient_accumulation_steps
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        losses.append(total)
+        bar.set_postfix(loss=f"{total:.4f}")
+        if on_step:
+            on_step(step + 1, total)
+        if checkpoints and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            checkpoints.save(key, step + 1, _state(unet, adapter_name, optimizer, generator, losses, step + 1))
+    unet.eval()
+    if checkpoints:
+        checkpoints.clear(key)  # finished: the LoRA itself is the artifact now
+    return TrainingResult(lora_file_from_unet(unet, adapter_name), losses, time.perf_counter() - t0, start)
+
+
+def _state(unet, adapter_name, optimizer, generator, losses, step) -> dict:
+    from peft.utils import get_peft_model_state_dict
+
+    lora = {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(unet, adapter_name=adapter_name).items()}
+    return {"step": step, "lora": lora, "optimizer": optimizer.state_dict(),
+            "generator": generator.get_state(), "losses": list(losses)}
+
+
+def _maybe_resume(checkpoints, key, cfg, unet, adapter_name, optimizer, generator) -> tuple[int, list[float]]:
+    state = checkpoints.latest(key) if checkpoints else None
+    if state is None:
+        return 0, []
+    from peft.utils import set_peft_model_state_dict
+
+    set_peft_model_state_dict(unet, state["lora"], adapter_name=adapter_name)
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    logger.info("Resuming LoRA '%s' from checkpoint step %d/%d", adapter_name, state["step"], cfg.steps)
+    return state["step"], list(state["losses"])

@@ -1,0 +1,132 @@
+"""A miniature SDXL with random weights, built offline and saved in diffusers format.
+
+The project's embedded default: every component SDXL has (two CLIP text encoders with
+tokenizers, a ``text_time``-conditioned UNet, a VAE, the SDXL scheduler), only tiny. It is
+written with ``save_pretrained`` and then loaded through ``StableDiffusionXLPipeline.
+from_pretrained`` exactly like real SDXL weights, so no code path differs between the two.
+Outputs are noise (random weights); the point is that the whole pipeline runs on a CPU in
+minutes and that every shape/format contract of the real model is exercised.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MiniatureSpec:
+    """Sizes of the miniature model. Defaults keep a LoRA step at 64 px well under a second."""
+
+    seed: int = 0
+    text_hidden: int = 32  # each CLIP encoder's width; UNet cross_attention_dim = 2 * this
+    text_layers: int = 2
+    projection_dim: int = 32  # text_encoder_2 pooled projection (SDXL: 1280)
+    unet_channels: tuple[int, ...] = (32, 64)  # SDXL: (320, 640, 1280)
+    time_embed_dim: int = 8  # addition_time_embed_dim (SDXL: 256)
+    vae_channels: tuple[int, ...] = (8, 16, 16, 16)  # 4 levels -> 8x downsampling like SDXL
+    sample_size: int = 64  # pixels
+
+
+def _byte_vocab() -> dict[str, int]:
+    """CLIP's byte-level alphabet as a vocabulary, with no merges.
+
+    transformers 5 no longer exports ``bytes_to_unicode``; this re-derives the same table
+    (GPT-2's printable mapping of the 256 byte values). With an empty merges file BPE leaves
+    every word as characters, which is all a random-weight model needs.
+    """
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    chars, n = printable[:], 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + n)
+            n += 1
+    symbols = [chr(c) for c in chars]
+    tokens = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
+    return {tok: i for i, tok in enumerate(tokens)}
+
+
+def _tokenizer():
+    from transformers import CLIPTokenizer
+
+    # transformers 5's CLIPTokenizer takes the vocabulary itself (no vocab file needed).
+    return CLIPTokenizer(vocab=_byte_vocab(), merges=[], model_max_length=77)
+
+
+def build_miniature_sdxl(spec: MiniatureSpec = MiniatureSpec()):
+    """Return a ``StableDiffusionXLPipeline`` with random weights (deterministic in ``spec.seed``)."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(spec.seed)
+    tokenizer = _tokenizer()
+    vocab = len(_byte_vocab())
+    text_cfg = dict(
+        hidden_size=spec.text_hidden, intermediate_size=spec.text_hidden * 2, num_hidden_layers=spec.text_layers,
+        num_attention_heads=4, vocab_size=vocab, max_position_embeddings=77,
+        bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1, hidden_act="quick_gelu",
+    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(**text_cfg))
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**text_cfg, projection_dim=spec.projection_dim))
+    n = len(spec.unet_channels)
+    unet = UNet2DConditionModel(
+        sample_size=spec.sample_size // 8,
+        block_out_channels=spec.unet_channels,
+        layers_per_block=1,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
+        transformer_layers_per_block=tuple(range(1, n + 1)),  # SDXL: (1, 2, 10)
+        attention_head_dim=tuple(c // 16 for c in spec.unet_channels),  # SDXL: (5, 10, 20)
+        cross_attention_dim=2 * spec.text_hidden,  # both encoders' hidden states concatenated
+        norm_num_groups=8,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=spec.time_embed_dim,
+        # 6 time ids (orig h/w, crop top/left, target h/w) each embedded + pooled text (SDXL: 2816)
+        projection_class_embeddings_input_dim=6 * spec.time_embed_dim + spec.projection_dim,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=spec.vae_channels,
+        down_block_types=("DownEncoderBlock2D",) * len(spec.vae_channels),
+        up_block_types=("UpDecoderBlock2D",) * len(spec.vae_channels),
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=spec.sample_size,
+        scaling_factor=0.13025,  # SDXL VAE's
+    )
+    # The SDXL base scheduler config (scheduler/scheduler_config.json of SDXL 1.0).
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+        prediction_type="epsilon", timestep_spacing="leading", steps_offset=1, interpolation_type="linear",
+        use_karras_sigmas=False,
+    )
+    return StableDiffusionXLPipeline(
+        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+        tokenizer_2=tokenizer, unet=unet, scheduler=scheduler,
+    )
+
+
+def write_miniature_sdxl(folder: str | Path, spec: MiniatureSpec = MiniatureSpec()) -> Path:
+    """Build the miniature SDXL and save it in diffusers format at ``folder`` (atomically).
+
+    Written to a sibling temporary folder and renamed, so an interrupted build never leaves a
+    half-written model that a later run would try to load.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    pipe = build_miniature_sdxl(spec)
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.") as tmp:
+        pipe.save_pretrained(tmp)
+        (Path(tmp) / "miniature_spec.json").write_text(json.dumps(spec.__dict__, default=list, indent=2))
+        Path(tmp).rename(folder)
+    logger.info("Built miniature SDXL (seed %d) at %s", spec.seed, folder)
+    return folder

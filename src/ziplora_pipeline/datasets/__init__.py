@@ -1,0 +1,9 @@
+"""Custom Kedro datasets: LoRA safetensors files, image sets, raw bytes, checkpoint folders."""
+
+from .binary import BinaryDataset
+from .checkpoint_store import CheckpointStoreDataset
+from .image_set import ImageSetDataset
+from .lora_safetensors import LoraSafetensorsDataset
+from .tensors import TensorDictDataset
+
+__all__ = ["BinaryDataset", "CheckpointStoreDataset", "ImageSetDataset", "LoraSafetensorsDataset", "TensorDictDataset"]

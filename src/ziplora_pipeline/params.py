@@ -1,0 +1,74 @@
+"""Typed parameters: the schema of ``conf/*/parameters*.yml``, checked before any node runs.
+
+Each top-level key maps to a frozen dataclass; ``validate_parameters`` builds them all, so a
+typo anywhere (``subject.lora.rnak``) fails at the start of ``kedro run`` with the key's
+location and a suggestion, not hours later when the stage that reads it starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .core.base_model import BaseModelConfig
+from .core.config_utils import ConfigError, from_dict, require
+from .core.lora_training import LoraTrainingConfig
+
+
+@dataclass(frozen=True)
+class ConceptDataConfig:
+    """One concept's reference folder and its DreamBooth prompt."""
+
+    folder: str  # a folder name under data/01_raw/subjects/ or data/01_raw/styles/
+    token: str  # rare identifier, e.g. "sks" (subject) or "zwx" (style)
+    noun: str  # class noun (subject) or what the style image shows (style)
+    template: str  # e.g. "a photo of {token} {noun}" or "a {noun} in {token} style"
+
+    def __post_init__(self):
+        require(bool(self.folder), "data_prep.<concept>.folder must name a folder.")
+        try:
+            self.template.format(token=self.token, noun=self.noun)
+        except (KeyError, IndexError) as err:
+            raise ConfigError(f"Prompt template {self.template!r} may only use {{token}} and {{noun}} ({err}).") from err
+
+    @property
+    def prompt(self) -> str:
+        return self.template.format(token=self.token, noun=self.noun)
+
+
+@dataclass(frozen=True)
+class DataPrepConfig:
+    resolution: int = 64  # training resolution in pixels (SDXL: 1024)
+    subject: ConceptDataConfig = field(default_factory=lambda: ConceptDataConfig(
+        "robot", "sks", "robot", "a photo of {token} {noun}"))
+    style: ConceptDataConfig = field(default_factory=lambda: ConceptDataConfig(
+        "mosaic", "zwx", "flower", "a {noun} in {token} style"))
+
+    def __post_init__(self):
+        require(self.resolution >= 8 and self.resolution % 8 == 0,
+                f"data_prep.resolution must be a positive multiple of 8, got {self.resolution}.")
+
+
+@dataclass(frozen=True)
+class LoraStageConfig:
+    lora: LoraTrainingConfig = field(default_factory=LoraTrainingConfig)
+
+
+SCHEMA: dict[str, type] = {
+    "base_model": BaseModelConfig,
+    "data_prep": DataPrepConfig,
+    "subject": LoraStageConfig,
+    "style": LoraStageConfig,
+}
+
+
+def validate_parameters(params: dict[str, Any]) -> dict[str, Any]:
+    """Build every stage's config from ``params``; raise ``ConfigError`` on the first problem."""
+    import difflib
+
+    for key in params:
+        if key not in SCHEMA:
+            close = difflib.get_close_matches(key, SCHEMA, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"Unknown top-level parameter '{key}'.{hint} Valid: {sorted(SCHEMA)}.")
+    return {key: from_dict(cls, params.get(key), key) for key, cls in SCHEMA.items()}

@@ -1,0 +1,64 @@
+"""``data_prep`` nodes: raw reference folders -> validated training squares and DreamBooth prompts."""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from PIL import Image
+
+from ...core.config_utils import from_dict
+from ...core.images import ImageInputError, prepare_image
+from ...params import ConceptDataConfig
+
+logger = logging.getLogger(__name__)
+
+
+def prepare_concept(partitions: dict[str, Callable[[], bytes]], concept_params: dict, resolution: int,
+                    concept: str, root: str) -> tuple[dict[str, Image.Image], dict]:
+    """Select ``<folder>/*`` from the raw partitions, validate and square-resize every image.
+
+    Args:
+        partitions: ``PartitionedDataset`` of raw bytes, ids like ``robot/robot_00.png``.
+        concept_params: ``data_prep.subject`` or ``data_prep.style``.
+        concept: "subject" or "style" (names the LoRA adapter downstream).
+        root: the raw folder, for error messages.
+
+    Raises:
+        ImageInputError: missing or empty folder, or any unusable file (all named at once).
+    """
+    cfg = from_dict(ConceptDataConfig, concept_params, f"data_prep.{concept}")
+    prefix = f"{cfg.folder}/"
+    ids = sorted(p for p in partitions if p.startswith(prefix) and not p.rsplit("/", 1)[-1].startswith("."))
+    if not ids:
+        folders = sorted({p.split("/", 1)[0] for p in partitions})
+        raise ImageInputError(
+            f"No images in {root}/{cfg.folder}/ for the {concept}. Create that folder with your images, or set "
+            f"data_prep.{concept}.folder to one of {folders}."
+        )
+    images, errors = {}, []
+    for pid in ids:
+        name = f"{root}/{pid}"
+        try:
+            img = prepare_image(partitions[pid](), name, resolution)
+        except ImageInputError as err:
+            errors.append(str(err))
+            continue
+        images[pid[len(prefix):].rsplit(".", 1)[0].replace("/", "_")] = img
+    if errors:
+        raise ImageInputError(f"{len(errors)} unusable {concept} file(s):\n  " + "\n  ".join(errors))
+    prompt = {"concept": concept, "prompt": cfg.prompt, "token": cfg.token, "noun": cfg.noun,
+              "folder": cfg.folder, "images": sorted(images), "resolution": resolution}
+    logger.info("Prepared %d %s image(s) from %s/%s at %d px; prompt: %r", len(images), concept, root, cfg.folder,
+                resolution, cfg.prompt)
+    return images, prompt
+
+
+def prepare_subject(partitions: dict[str, Callable[[], bytes]], params: dict, resolution: int):
+    """Subject photos from ``data/01_raw/subjects/<folder>/``."""
+    return prepare_concept(partitions, params, resolution, "subject", "data/01_raw/subjects")
+
+
+def prepare_style(partitions: dict[str, Callable[[], bytes]], params: dict, resolution: int):
+    """The style exemplar from ``data/01_raw/styles/<folder>/``."""
+    return prepare_concept(partitions, params, resolution, "style", "data/01_raw/styles")

@@ -1,0 +1,63 @@
+"""Node functions of the LoRA training template: thin adapters over ``core.lora_training``."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from ..core.base_model import BaseModelConfig, load_base_pipeline  # noqa: E402
+from ..core.checkpoints import CheckpointStore  # noqa: E402
+from ..core.config_utils import from_dict  # noqa: E402
+from ..core.images import images_to_tensor  # noqa: E402
+from ..core.lora_io import LoraFile  # noqa: E402
+from ..core.lora_training import LoraTrainingConfig, train_lora  # noqa: E402
+from ..core.sdxl import encode_concept  # noqa: E402
+from ..tracking import step_logger  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+
+def train_lora_node(images: dict[str, Image.Image], prompt: dict, lora_params: dict, base_params: dict,
+                    checkpoints: CheckpointStore) -> tuple[LoraFile, dict, plt.Figure]:
+    """Train the concept's DreamBooth LoRA; return the LoRA file, a training log and a loss plot.
+
+    Resumes from ``checkpoints`` when an identical run was interrupted.
+    """
+    concept = prompt["concept"]
+    cfg = from_dict(LoraTrainingConfig, lora_params, f"{concept}.lora")
+    base = from_dict(BaseModelConfig, base_params, "base_model")
+    pipe = load_base_pipeline(base)
+    ordered = [images[k] for k in sorted(images)]
+    encode = functools.partial(encode_concept, pipe, ordered, prompt["prompt"])
+    log = step_logger(concept)
+    result = train_lora(pipe, encode, cfg, concept, checkpoints,
+                        key_parts=(base_params, prompt["prompt"], images_to_tensor(ordered)),
+                        on_step=lambda step, loss: log(step, loss=loss))
+    n = len(result.losses)
+    tail = sum(result.losses[-10:]) / len(result.losses[-10:])
+    logger.info("Trained %s LoRA: rank %d, %d steps (%d resumed) in %.1f s, final loss %.4f (mean of last %d: %.4f)",
+                concept, cfg.rank, n, result.resumed_from, result.seconds, result.losses[-1], min(10, n), tail)
+    training_log = {"concept": concept, "prompt": prompt["prompt"], "steps": n, "resumed_from": result.resumed_from,
+                    "seconds": result.seconds, "final_loss": result.losses[-1], "losses": result.losses,
+                    "rank": cfg.rank, "alpha": cfg.lora_alpha}
+    return result.lora, training_log, loss_figure(result.losses, f"{concept} LoRA: diffusion loss")
+
+
+def loss_figure(losses: list[float], title: str) -> plt.Figure:
+    """Per-step loss with a moving average, as a matplotlib figure."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(range(1, len(losses) + 1), losses, alpha=0.4, label="per step")
+    k = max(1, len(losses) // 10)
+    if len(losses) >= k:
+        smooth = [sum(losses[max(0, i - k + 1):i + 1]) / len(losses[max(0, i - k + 1):i + 1]) for i in range(len(losses))]
+        ax.plot(range(1, len(losses) + 1), smooth, label=f"moving mean ({k})")
+    ax.set(xlabel="step", ylabel="loss", title=title)
+    ax.legend()
+    fig.tight_layout()
+    return fig

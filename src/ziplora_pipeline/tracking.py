@@ -1,0 +1,26 @@
+"""MLflow helpers for nodes: live per-step metrics when a run is active (kedro-mlflow opens it)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+logger = logging.getLogger(__name__)
+
+
+def step_logger(prefix: str) -> Callable[..., None]:
+    """Return ``log(step, **metrics)`` that writes ``<prefix>.<name>`` to the active MLflow run.
+
+    Metrics are logged as they happen (not at node end) so a long SDXL training can be
+    watched in the MLflow UI; without an active run (e.g. a notebook) this is a no-op.
+    """
+    try:
+        import mlflow
+    except ImportError:  # pragma: no cover - mlflow is a dependency, but keep core usable without it
+        return lambda step, **metrics: None
+
+    def log(step: int, **metrics: float) -> None:
+        if mlflow.active_run() is not None:
+            mlflow.log_metrics({f"{prefix}.{k}": float(v) for k, v in metrics.items()}, step=step)
+
+    return log
