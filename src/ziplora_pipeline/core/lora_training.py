@@ -76,6 +76,7 @@ def add_lora_adapter(unet, cfg: LoraTrainingConfig, adapter_name: str) -> list[t
     """
     from peft import LoraConfig
 
+    torch.manual_seed(cfg.seed)  # peft draws the gaussian A init from the global RNG
     unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.lora_alpha, init_lora_weights="gaussian",
                                 target_modules=list(cfg.target_modules)), adapter_name=adapter_name)
     unet.set_adapters([adapter_name])
