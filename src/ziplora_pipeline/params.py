@@ -13,6 +13,7 @@ from typing import Any
 from .core.base_model import BaseModelConfig
 from .core.config_utils import ConfigError, from_dict, require
 from .core.lora_training import LoraTrainingConfig
+from .core.merge import MergeConfig
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ SCHEMA: dict[str, type] = {
     "data_prep": DataPrepConfig,
     "subject": LoraStageConfig,
     "style": LoraStageConfig,
+    "merge": MergeConfig,
 }
 
 

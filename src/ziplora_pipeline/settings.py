@@ -3,10 +3,20 @@
 from pathlib import Path
 
 from kedro.config import OmegaConfigLoader
+from kedro.utils import find_kedro_project
 
 from .hooks import MlflowArtifactHooks, ParameterValidationHooks
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+def project_root() -> str:
+    """The root of the Kedro project being run: the nearest folder at or above the working
+    directory whose pyproject.toml has ``[tool.kedro]`` (how ``kedro run`` finds its project).
+
+    Not derived from this file's location: the package may be installed (site-packages) or
+    shared by several project copies, and the MLflow database belongs to the project run.
+    """
+    return (find_kedro_project(Path.cwd()) or Path.cwd()).resolve().as_posix()
+
 
 HOOKS = (ParameterValidationHooks(), MlflowArtifactHooks())
 
@@ -17,5 +27,5 @@ CONFIG_LOADER_ARGS = {
     # conf/sdxl overrides single keys (e.g. subject.lora.rank) instead of replacing whole sections.
     "merge_strategy": {"parameters": "soft"},
     # ${project_root:} in mlflow.yml: sqlite URIs are otherwise relative to the working directory.
-    "custom_resolvers": {"project_root": lambda: PROJECT_ROOT.as_posix()},
+    "custom_resolvers": {"project_root": project_root},
 }

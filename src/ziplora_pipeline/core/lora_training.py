@@ -132,7 +132,8 @@ def train_lora(
     start, losses = _maybe_resume(checkpoints, key, cfg, unet, adapter_name, optimizer, generator)
     n_images = (cached or encode()).latent_mean.shape[0]
     t0 = time.perf_counter()
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"LoRA {adapter_name}", leave=False)
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"LoRA {adapter_name}", leave=False,
+               disable=None)  # None: a bar on terminals, silent in CI logs
     for step in bar:
         optimizer.zero_grad(set_to_none=True)
         total = 0.0

@@ -1,0 +1,225 @@
+"""The ZipLoRA optimisation (paper Eq. 3), batched and with cached targets.
+
+    L = Σ_i ‖(D ⊕ L_m)(x_i, p_i) − (D ⊕ L_i)(x_i, p_i)‖ + λ Σ_layers Σ_{i<j} overlap(m_i, m_j)
+
+Base UNet D and every LoRA L_i are frozen; only the merger vectors train (Adam, lr 0.01, ≤100
+steps in the paper). The targets (D ⊕ L_i)(x_i, p_i) do not depend on the mergers, so each
+concept draws ``teacher_pool`` (image, noise, timestep) samples once, computes their targets
+once, and every step reuses them; all concepts then share one batched forward of the merged UNet.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .config_utils import require
+from .lora_factors import LoraFactors
+from .sdxl import ConceptInputs, noisy_batch, training_scheduler
+from .ziplora import (ZipLoRALinear, attach_ziplora, mean_abs_cosine, merger_parameters, merger_state_dict,
+                      overlap_penalty, set_mergers)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    """ZipLoRA merge settings; defaults are the paper's where it gives them."""
+
+    steps: int = 100  # paper: at most 100
+    learning_rate: float = 0.01  # paper: 0.01
+    lambda_overlap: float = 0.01  # paper: λ = 0.01
+    overlap: str = "cosine"  # cosine | mean_product | dot (see ziplora._pair_overlap); chosen by measurement
+    squared_norm: bool = True  # ‖·‖² (mean squared error) or ‖·‖ (root mean square)
+    timestep_range: tuple[int, int] = (0, 1000)  # sampled uniformly in [lo, hi)
+    batch_size: int = 1  # samples per concept per step
+    teacher_pool: int = 16  # (image, noise, t) draws per concept whose targets are computed once
+    stop_cosine: float = 0.0  # stop early once mean |cos(m_i, m_j)| falls below this (0 = never)
+    seed: int = 0
+    subject_scale: float = 1.0  # strength of the subject part in the exported LoRA
+    style_scale: float = 1.0  # strength of the style part (paper shows 1.0 / 0.7 / 0.4)
+    direct_weights: tuple[float, float] = (1.0, 1.0)  # (subject, style) weights of the direct merge
+    mixed_precision: str = "no"  # no | fp16 | bf16 (autocast on CUDA)
+    normalize_recon: bool = True  # divide each concept's term by ‖D − (D ⊕ L_i)‖ on its pool (see below)
+
+    def __post_init__(self):
+        require(self.steps >= 0, f"merge.steps must be >= 0, got {self.steps}.")
+        require(self.learning_rate > 0, f"merge.learning_rate must be > 0, got {self.learning_rate}.")
+        require(self.lambda_overlap >= 0, f"merge.lambda_overlap must be >= 0, got {self.lambda_overlap}.")
+        require(self.overlap in ("cosine", "mean_product", "dot"),
+                f"merge.overlap must be cosine, mean_product or dot, got {self.overlap!r}.")
+        lo, hi = self.timestep_range
+        require(0 <= lo < hi <= 1000, f"merge.timestep_range must satisfy 0 <= lo < hi <= 1000, got {self.timestep_range}.")
+        require(self.batch_size > 0 and self.teacher_pool > 0, "merge.batch_size and merge.teacher_pool must be > 0.")
+        require(len(self.direct_weights) == 2, "merge.direct_weights is [subject_weight, style_weight].")
+        require(self.mixed_precision in ("no", "fp16", "bf16"), "merge.mixed_precision must be no, fp16 or bf16.")
+
+
+@dataclass
+class TeacherPool:
+    """Cached inputs and targets of one concept: noisy (P, C, h, w), t (P,), target (P, C, h, w)."""
+
+    noisy: torch.Tensor
+    timesteps: torch.Tensor
+    target: torch.Tensor
+    inputs: ConceptInputs
+    lora_effect: float = 1.0  # ‖D(x) − (D ⊕ L_i)(x)‖ over the pool, same norm as the loss
+
+
+@dataclass
+class MergeResult:
+    mergers: dict[str, torch.Tensor]  # {"<path>.<adapter>": m (in,)}
+    history: dict[str, list[float]] = field(default_factory=dict)  # per-step loss terms
+    seconds: float = 0.0
+    stopped_early: bool = False
+    initial: dict[str, float] = field(default_factory=dict)  # whole-pool terms before step 1
+    final: dict[str, float] = field(default_factory=dict)  # whole-pool terms after the last step
+
+
+def _cond(pools: list[TeacherPool], idx: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """Concatenate the sampled batch of every concept: (ΣB, C, h, w), (ΣB,), embeds, pooled, time ids."""
+    noisy = torch.cat([p.noisy[i] for p, i in zip(pools, idx)])
+    t = torch.cat([p.timesteps[i] for p, i in zip(pools, idx)])
+    emb = torch.cat([p.inputs.prompt_embeds.expand(len(i), -1, -1) for p, i in zip(pools, idx)])
+    pooled = torch.cat([p.inputs.pooled_prompt_embeds.expand(len(i), -1) for p, i in zip(pools, idx)])
+    tids = torch.cat([p.inputs.time_ids.expand(len(i), -1) for p, i in zip(pools, idx)])
+    return noisy, t, emb, pooled, tids
+
+
+def _unet(unet, noisy, t, emb, pooled, tids) -> torch.Tensor:
+    return unet(noisy, t, encoder_hidden_states=emb, added_cond_kwargs={"text_embeds": pooled, "time_ids": tids},
+                return_dict=False)[0]
+
+
+@torch.no_grad()
+def build_teacher_pool(unet, wrappers: dict[str, ZipLoRALinear], scheduler, name: str, inputs: ConceptInputs,
+                       cfg: MergeConfig, generator: torch.Generator) -> TeacherPool:
+    """Draw ``cfg.teacher_pool`` noisy latents of concept ``name`` and their (D ⊕ L_name) predictions."""
+    n = inputs.latent_mean.shape[0]
+    idx = torch.randint(0, n, (cfg.teacher_pool,), generator=generator)
+    latents = inputs.sample_latents(idx, generator)
+    noisy, _, t = noisy_batch(scheduler, latents, generator, cfg.timestep_range)
+    targets = []
+    with set_mergers(wrappers, {name: 1.0}):  # other adapters' mergers 0: exactly D ⊕ L_name
+        for s in range(0, cfg.teacher_pool, cfg.batch_size):
+            sl = slice(s, s + cfg.batch_size)
+            b = noisy[sl].shape[0]
+            targets.append(_unet(unet, noisy[sl], t[sl], inputs.prompt_embeds.expand(b, -1, -1),
+                                 inputs.pooled_prompt_embeds.expand(b, -1), inputs.time_ids.expand(b, -1)))
+    target = torch.cat(targets)
+    with set_mergers(wrappers, {}):  # all mergers 0: the base model D alone
+        base = torch.cat([_unet(unet, noisy[s:s + cfg.batch_size], t[s:s + cfg.batch_size],
+                                inputs.prompt_embeds.expand(len(t[s:s + cfg.batch_size]), -1, -1),
+                                inputs.pooled_prompt_embeds.expand(len(t[s:s + cfg.batch_size]), -1),
+                                inputs.time_ids.expand(len(t[s:s + cfg.batch_size]), -1))
+                          for s in range(0, cfg.teacher_pool, cfg.batch_size)])
+    effect = reconstruction(base, target, cfg.squared_norm).item()
+    return TeacherPool(noisy, t, target, inputs, max(effect, 1e-12))
+
+
+@torch.no_grad()
+def pool_terms(unet, wrappers, pools: list[TeacherPool], names: list[str], cfg: MergeConfig) -> dict[str, float]:
+    """Reconstruction of every concept over its whole teacher pool, plus overlap and mean |cos|.
+
+    Per-step terms are single noisy samples; these are the figures to compare before/after.
+    """
+    terms = {}
+    for name, pool in zip(names, pools):
+        total = 0.0
+        for s in range(0, cfg.teacher_pool, cfg.batch_size):
+            i = torch.arange(s, min(s + cfg.batch_size, cfg.teacher_pool))
+            pred = _unet(unet, *_cond([pool], [i]))
+            total += reconstruction(pred, pool.target[i], cfg.squared_norm).item() / _norm(pool, cfg) * len(i)
+        terms[f"recon_{name}"] = total / cfg.teacher_pool
+    terms["overlap"] = overlap_penalty(wrappers.values(), cfg.overlap).item()
+    terms["mean_abs_cos"] = mean_abs_cosine(wrappers.values())
+    return terms
+
+
+def _norm(pool: TeacherPool, cfg: MergeConfig) -> float:
+    """Relative terms: a LoRA trained on one style image moves the output far less (or more) than
+    one trained on several subject photos; dividing by each LoRA's own effect makes both terms
+    "fraction of that LoRA's effect lost", so neither concept's term swamps the other's.
+    """
+    return pool.lora_effect if cfg.normalize_recon else 1.0
+
+
+def reconstruction(pred: torch.Tensor, target: torch.Tensor, squared: bool) -> torch.Tensor:
+    """‖pred − target‖ per Eq. 3, as a mean over elements (squared) or its square root."""
+    mse = F.mse_loss(pred.float(), target.float())
+    return mse if squared else mse.clamp_min(1e-20).sqrt()
+
+
+def ziplora_merge(unet, loras: dict[str, dict[str, LoraFactors]], inputs: dict[str, ConceptInputs],
+                  cfg: MergeConfig, scheduler=None, on_step=None, progress: bool = True) -> MergeResult:
+    """Learn merger vectors for ``loras`` (≥ 2) on ``unet`` (left unchanged on return).
+
+    Args:
+        loras: {adapter name: {module path: factors}}; names must match ``inputs``' keys.
+        inputs: each concept's encoded reference images and prompt.
+        scheduler: a DDPM-style noise scheduler (``add_noise``); defaults to SDXL's training schedule.
+        on_step: called as ``on_step(step, **terms)`` after every optimiser step.
+    """
+    require(len(loras) >= 2 and set(loras) == set(inputs), "ziplora_merge needs >= 2 LoRAs, one input per LoRA.")
+    from .ziplora import detach_ziplora
+
+    scheduler = scheduler or _default_scheduler()
+    wrappers = attach_ziplora(unet, loras)
+    try:
+        return _optimise(unet, wrappers, list(loras), inputs, cfg, scheduler, on_step, progress)
+    finally:
+        detach_ziplora(unet, wrappers)
+
+
+def _default_scheduler():
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+
+
+def _optimise(unet, wrappers, names, inputs, cfg, scheduler, on_step, progress) -> MergeResult:
+    generator = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    pools = [build_teacher_pool(unet, wrappers, scheduler, n, inputs[n], cfg, generator) for n in names]
+    params = merger_parameters(wrappers)
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(params, lr=cfg.learning_rate)
+    history: dict[str, list[float]] = {k: [] for k in ["loss", "overlap", "mean_abs_cos", *[f"recon_{n}" for n in names]]}
+    device = next(iter(wrappers.values())).base.weight.device
+    amp = (torch.autocast("cuda", dtype=torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float16)
+           if cfg.mixed_precision != "no" and device.type == "cuda" else torch.autocast("cpu", enabled=False))
+    initial = pool_terms(unet, wrappers, pools, names, cfg)
+    t0, stopped = time.perf_counter(), False
+    bar = tqdm(range(cfg.steps), desc="ZipLoRA merge", leave=False, disable=None if progress else True)  # None: TTY only
+    for step in bar:
+        idx = [torch.randint(0, cfg.teacher_pool, (cfg.batch_size,), generator=generator) for _ in names]
+        with amp:
+            pred = _unet(unet, *_cond(pools, idx)).split(cfg.batch_size)  # one forward for all concepts
+        recon = [reconstruction(pr, p.target[i], cfg.squared_norm) / _norm(p, cfg) for pr, p, i in zip(pred, pools, idx)]
+        overlap = overlap_penalty(wrappers.values(), cfg.overlap)
+        loss = torch.stack(recon).sum() + cfg.lambda_overlap * overlap
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        cos = mean_abs_cosine(wrappers.values())
+        terms = {"loss": loss.item(), "overlap": overlap.item(), "mean_abs_cos": cos,
+                 **{f"recon_{n}": r.item() for n, r in zip(names, recon)}}
+        for k, v in terms.items():
+            history[k].append(v)
+        bar.set_postfix(loss=f"{terms['loss']:.4g}", cos=f"{cos:.3f}")
+        if on_step:
+            on_step(step + 1, **terms)
+        if cfg.stop_cosine and cos < cfg.stop_cosine:
+            logger.info("ZipLoRA mergers near-orthogonal (mean |cos| %.3f < %.3f) after %d steps: stopping.",
+                        cos, cfg.stop_cosine, step + 1)
+            stopped = True
+            break
+    seconds = time.perf_counter() - t0
+    final = pool_terms(unet, wrappers, pools, names, cfg)
+    return MergeResult(merger_state_dict(wrappers), history, seconds, stopped, initial, final)

@@ -1,0 +1,167 @@
+"""ZipLoRA (Shah et al. 2023): per-column merger vectors between k LoRAs, in low-rank form.
+
+Paper Eq. 2, for one linear layer with LoRA deltas ΔW_i = s_i B_i A_i (out, in):
+
+    ΔW_m = Σ_i m_i ⊗ ΔW_i,   m_i ∈ R^in, (m ⊗ ΔW)[:, j] = m_j ΔW[:, j]
+
+and since m ⊗ ΔW = s B (A diag(m)), the merged layer is
+
+    y = W0 x + Σ_i s_i B_i A_i (m_i ⊙ x)            (never forms a dense (out, in) ΔW)
+
+so the merged result is exactly a standard LoRA of rank Σ r_i:
+A_m = [A_1 diag(m_1); …; A_k diag(m_k)], B_m = [s_1 B_1 | … | s_k B_k] (scale folded, alpha = rank).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .lora_factors import LoraFactors
+
+
+class ZipLoRALinear(nn.Module):
+    """A frozen linear layer plus k frozen LoRAs, each gated per input column by a trainable merger.
+
+    Wraps (does not copy) ``base``; like peft's LoraLayer the adapters sit side by side, keyed
+    by name ("subject", "style"). A layer adapted by only some LoRAs holds only those.
+    """
+
+    def __init__(self, base: nn.Linear, factors: dict[str, LoraFactors]):
+        super().__init__()
+        self.base = base
+        self.names = list(factors)
+        dtype, device = base.weight.dtype, base.weight.device
+        for name, f in factors.items():
+            # Scale folded into B once: s·B (out, r); A (r, in). Frozen buffers, not parameters.
+            self.register_buffer(f"A_{name}", f.A.to(device, dtype), persistent=False)
+            self.register_buffer(f"B_{name}", (f.B.float() * f.scale).to(device, dtype), persistent=False)
+        # Mergers in fp32 (master weights) even for a half-precision UNet; init 1 = direct merge.
+        self.mergers = nn.ParameterDict({n: nn.Parameter(torch.ones(base.in_features, device=device)) for n in factors})
+
+    def lora_A(self, name: str) -> torch.Tensor:
+        return getattr(self, f"A_{name}")
+
+    def lora_B(self, name: str) -> torch.Tensor:
+        return getattr(self, f"B_{name}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (..., in) -> (..., out)
+        y = self.base(x)
+        for name in self.names:
+            m = self.mergers[name].to(x.dtype)
+            y = y + F.linear(F.linear(x * m, self.lora_A(name)), self.lora_B(name))  # (..., r) -> (..., out)
+        return y
+
+
+def attach_ziplora(unet: nn.Module, loras: dict[str, dict[str, LoraFactors]]) -> dict[str, ZipLoRALinear]:
+    """Replace every linear layer any LoRA adapts by a ``ZipLoRALinear``; freeze all but the mergers.
+
+    Args:
+        loras: {adapter name: {module path: factors}} (paths as in ``unet.named_modules()``).
+    Returns:
+        {module path: wrapper}. ``detach_ziplora`` restores the original layers.
+    """
+    unet.requires_grad_(False)
+    paths = sorted(set(itertools.chain.from_iterable(loras.values())))
+    wrappers = {}
+    for path in paths:
+        parent_path, _, child = path.rpartition(".")
+        parent = unet.get_submodule(parent_path)
+        base = getattr(parent, child) if not child.isdigit() else parent[int(child)]
+        wrapper = ZipLoRALinear(base, {n: f[path] for n, f in loras.items() if path in f})
+        _set_child(parent, child, wrapper)
+        wrappers[path] = wrapper
+    return wrappers
+
+
+def detach_ziplora(unet: nn.Module, wrappers: dict[str, ZipLoRALinear]) -> None:
+    """Put the original linear layers back."""
+    for path, wrapper in wrappers.items():
+        parent_path, _, child = path.rpartition(".")
+        _set_child(unet.get_submodule(parent_path), child, wrapper.base)
+
+
+def _set_child(parent: nn.Module, child: str, module: nn.Module) -> None:
+    if child.isdigit():
+        parent[int(child)] = module
+    else:
+        setattr(parent, child, module)
+
+
+def merger_parameters(wrappers: dict[str, ZipLoRALinear]) -> list[nn.Parameter]:
+    return [p for w in wrappers.values() for p in w.mergers.values()]
+
+
+class set_mergers:  # noqa: N801 - used as a context manager, like torch.no_grad
+    """Temporarily set every merger of adapter ``name`` to a constant (restored on exit).
+
+    Mergers (1, 0) make the merged UNet exactly the subject LoRA's (the other term is 0·x),
+    which is how the reconstruction targets (D ⊕ L_i) of Eq. 3 are computed.
+    """
+
+    def __init__(self, wrappers: dict[str, ZipLoRALinear], values: dict[str, float]):
+        self.wrappers, self.values, self.saved = wrappers, values, []
+
+    def __enter__(self):
+        with torch.no_grad():
+            for w in self.wrappers.values():
+                for name, m in w.mergers.items():
+                    self.saved.append((m, m.detach().clone()))
+                    m.fill_(self.values.get(name, 0.0))
+        return self
+
+    def __exit__(self, *exc):
+        with torch.no_grad():
+            for m, value in self.saved:
+                m.copy_(value)
+        self.saved.clear()
+
+
+# ---- overlap penalty (third term of Eq. 3) ----------------------------------------------------
+
+def _pair_overlap(a: torch.Tensor, b: torch.Tensor, form: str) -> torch.Tensor:
+    """Overlap of two merger vectors (in,) of one layer.
+
+    cosine: |cos(a, b)| — scale-free, 1 at the all-ones start (ZIPLORA.md: behaves as intended);
+    mean_product: mean_j |a_j b_j| — the unofficial implementation's form;
+    dot: |Σ_j a_j b_j| — the paper taken literally (starts at in_features per layer).
+    """
+    if form == "cosine":
+        return F.cosine_similarity(a, b, dim=0).abs()
+    if form == "mean_product":
+        return (a * b).abs().mean()
+    if form == "dot":
+        return (a * b).sum().abs()
+    raise ValueError(f"Unknown overlap form {form!r}: use cosine, mean_product or dot.")
+
+
+def overlap_penalty(wrappers: Iterable[ZipLoRALinear], form: str = "cosine") -> torch.Tensor:
+    """Σ_layers Σ_{i<j} overlap(m_i, m_j); layers adapted by one LoRA contribute nothing."""
+    terms = [_pair_overlap(w.mergers[i], w.mergers[j], form)
+             for w in wrappers for i, j in itertools.combinations(w.names, 2)]
+    return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+@torch.no_grad()
+def mean_abs_cosine(wrappers: Iterable[ZipLoRALinear]) -> float:
+    """Mean over layers and pairs of |cos(m_i, m_j)|: 1 at the start, 0 when fully disjoint."""
+    values = [F.cosine_similarity(w.mergers[i], w.mergers[j], dim=0).abs().item()
+              for w in wrappers for i, j in itertools.combinations(w.names, 2)]
+    return sum(values) / len(values) if values else 0.0
+
+
+def merger_state_dict(wrappers: dict[str, ZipLoRALinear]) -> dict[str, torch.Tensor]:
+    """``{"<module path>.<adapter>": m (in,)}`` — the merger file's layout."""
+    return {f"{path}.{name}": m.detach().float().cpu().clone()
+            for path, w in wrappers.items() for name, m in w.mergers.items()}
+
+
+def load_merger_state_dict(wrappers: dict[str, ZipLoRALinear], state: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for path, w in wrappers.items():
+            for name, m in w.mergers.items():
+                m.copy_(state[f"{path}.{name}"])
