@@ -28,6 +28,8 @@ class ImageSetDataset(AbstractVersionedDataset[dict, dict]):
 
     def load(self) -> dict[str, Image.Image]:
         folder = Path(get_filepath_str(self._get_load_path(), self._protocol))
+        if not folder.is_dir():  # e.g. a pinned --load-versions that was never saved
+            raise DatasetError(f"No image set at {folder}.")
         images = {}
         for p in sorted(folder.glob("*.png")):
             with Image.open(p) as im:

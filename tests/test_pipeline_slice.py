@@ -1,0 +1,85 @@
+"""data_prep + the subject_lora template run by Kedro's SequentialRunner on an in-memory catalog."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.runner import SequentialRunner
+
+from ziplora_pipeline.core.checkpoints import CheckpointStore
+from ziplora_pipeline.core.lora_io import LoraFile
+from ziplora_pipeline.core.lora_training import ATTENTION_PROJECTIONS
+from ziplora_pipeline.pipelines import data_prep, subject_lora
+
+from .conftest import RESOLUTION, STYLE_PARAMS, SUBJECT_PARAMS
+
+STEPS = 3
+LORA_PARAMS = {"rank": 4, "alpha": 8, "steps": STEPS, "checkpoint_every": 2, "learning_rate": 1e-3, "seed": 0}
+
+
+def _raw_partitions(folder) -> dict:
+    """Like PartitionedDataset: ``{"robot/robot_00.png": load callable}``."""
+    return {f"{p.parent.name}/{p.name}": (lambda p=p: p.read_bytes()) for p in sorted(folder.glob("*/*.png"))}
+
+
+@pytest.fixture
+def run_outputs(sample_raw, base_params, tmp_path):
+    pipeline = data_prep.create_pipeline() + subject_lora.create_pipeline()
+    checkpoints = CheckpointStore(tmp_path / "checkpoints")
+    datasets = {
+        "raw_subjects": MemoryDataset(_raw_partitions(sample_raw / "subjects"), copy_mode="assign"),
+        "raw_styles": MemoryDataset(_raw_partitions(sample_raw / "styles"), copy_mode="assign"),
+        "params:data_prep.subject": MemoryDataset(SUBJECT_PARAMS),
+        "params:data_prep.style": MemoryDataset(STYLE_PARAMS),
+        "params:data_prep.resolution": MemoryDataset(RESOLUTION),
+        "params:subject.lora": MemoryDataset(LORA_PARAMS),
+        "params:base_model": MemoryDataset(base_params),
+        "lora_checkpoints": MemoryDataset(checkpoints, copy_mode="assign"),
+    }
+    # Intermediate and final outputs: in memory too, without deep copies of images/figures.
+    for name in ("subject_images", "subject_prompt", "style_images", "style_prompt",
+                 "subject_lora_weights", "subject_training_log", "subject_loss_curve"):
+        datasets[name] = MemoryDataset(copy_mode="assign")
+    catalog = DataCatalog(datasets=datasets)
+    assert pipeline.inputs() == {k for k in datasets if k.startswith(("raw_", "params:")) or k == "lora_checkpoints"}
+    outputs = SequentialRunner().run(pipeline, catalog)
+    return outputs, catalog, checkpoints
+
+
+def test_slice_produces_a_lora_and_a_training_log(run_outputs, fresh_pipe):
+    outputs, catalog, checkpoints = run_outputs
+    # The runner returns the free outputs as dataset objects.
+    assert set(outputs) == {"style_images", "style_prompt", "subject_lora_weights", "subject_training_log",
+                            "subject_loss_curve"}
+
+    lora = outputs["subject_lora_weights"].load()
+    assert isinstance(lora, LoraFile)
+    unet = fresh_pipe().unet
+    targets = [name for name, _ in unet.named_modules() if name.endswith(tuple(f".{t}" for t in ATTENTION_PROJECTIONS))]
+    assert len(targets) > 0
+    expected = {f"unet.{m}.lora_{ab}.weight" for m in targets for ab in "AB"}
+    assert set(lora.state_dict) == expected
+    config = lora.adapter_config()
+    assert config["r"] == 4 and config["lora_alpha"] == 8
+    assert sorted(config["target_modules"]) == sorted(ATTENTION_PROJECTIONS)
+    assert lora.metadata["format"] == "pt"
+    a = lora.state_dict[f"unet.{targets[0]}.lora_A.weight"]
+    assert a.shape == (4, unet.get_submodule(targets[0]).in_features)
+
+    log = outputs["subject_training_log"].load()
+    assert log["concept"] == "subject" and log["prompt"] == "a photo of sks robot"
+    assert log["steps"] == STEPS and len(log["losses"]) == STEPS and log["resumed_from"] == 0
+    assert all(math.isfinite(x) and x > 0 for x in log["losses"])
+    assert log["final_loss"] == log["losses"][-1]
+    assert (log["rank"], log["alpha"]) == (4, 8)
+
+    figure = outputs["subject_loss_curve"].load()
+    assert len(figure.axes[0].lines[0].get_ydata()) == STEPS
+
+    images = catalog["subject_images"].load()
+    assert sorted(images) == [f"robot_{i:02d}" for i in range(5)]
+    assert all(im.size == (RESOLUTION, RESOLUTION) and im.mode == "RGB" for im in images.values())
+    assert catalog["subject_prompt"].load()["images"] == sorted(images)
+    assert list(checkpoints.folder.glob("*/*.pt")) == []  # finished run cleaned its checkpoints
