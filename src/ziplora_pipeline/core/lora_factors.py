@@ -35,7 +35,8 @@ class LoraFactors:
 
     def delta(self) -> torch.Tensor:
         """Dense ΔW (out, in) — only for analysis and tests, never in the merge loop."""
-        return self.scale * (self.B.float() @ self.A.float())
+        dtype = torch.promote_types(self.A.dtype, torch.float32)  # at least fp32; fp64 stays fp64
+        return self.scale * (self.B.to(dtype) @ self.A.to(dtype))
 
 
 _TEXT_ENCODER = ("text_encoder", "lora_te", "te_", "te1", "te2")

@@ -35,9 +35,10 @@ def merged_factors(loras: dict[str, dict[str, LoraFactors]], mergers: dict[str, 
                 continue
             f = factors[path]
             m = mergers.get(f"{path}.{name}")
-            A = f.A.float() if m is None else f.A.float() * m.float().to(f.A.device)  # A diag(m): scales columns
+            dtype = torch.promote_types(f.A.dtype, torch.float32)  # fp16 LoRAs are merged in fp32
+            A = f.A.to(dtype) if m is None else f.A.to(dtype) * m.to(f.A.device, dtype)  # A diag(m): scales columns
             As.append(A)
-            Bs.append(f.B.float() * (f.scale * strengths.get(name, 1.0)))
+            Bs.append(f.B.to(dtype) * (f.scale * strengths.get(name, 1.0)))
         out[path] = LoraFactors(torch.cat(As, 0), torch.cat(Bs, 1), 1.0)
     return out
 

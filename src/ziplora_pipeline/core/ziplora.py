@@ -39,7 +39,8 @@ class ZipLoRALinear(nn.Module):
         for name, f in factors.items():
             # Scale folded into B once: s·B (out, r); A (r, in). Frozen buffers, not parameters.
             self.register_buffer(f"A_{name}", f.A.to(device, dtype), persistent=False)
-            self.register_buffer(f"B_{name}", (f.B.float() * f.scale).to(device, dtype), persistent=False)
+            folded = f.B.to(torch.promote_types(f.B.dtype, torch.float32)) * f.scale  # fold in >= fp32
+            self.register_buffer(f"B_{name}", folded.to(device, dtype), persistent=False)
         # Mergers in fp32 (master weights) even for a half-precision UNet; init 1 = direct merge.
         self.mergers = nn.ParameterDict({n: nn.Parameter(torch.ones(base.in_features, device=device)) for n in factors})
 

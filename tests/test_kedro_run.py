@@ -1,0 +1,164 @@
+"""End to end: ``kedro run`` in a copy of the project, as a user runs it (a subprocess whose working
+directory is the project; ``kedro`` bootstraps the project from there, which needs a ``src/``
+folder: the copy has an empty one and the package comes from the installed, editable source).
+
+Checks the versioned LoRA files (loadable with plain diffusers), the MLflow run in the *copy's*
+``mlflow.db``, that ``--pipeline subject_lora`` re-trains only the subject LoRA, and that a bad
+``--params`` fails before any node runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from .conftest import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow
+
+STEPS = 3
+PIPELINES = "data_prep,subject_lora,style_lora"  # the training spine (merge has its own tests)
+LORA_FILE = "pytorch_lora_weights.safetensors"
+
+
+def _kedro(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    kedro = Path(sys.executable).with_name("kedro")
+    cmd = [str(kedro)] if kedro.exists() else [sys.executable, "-m", "kedro"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(HF_HUB_OFFLINE="1", KEDRO_DISABLE_TELEMETRY="1", DO_NOT_TRACK="1", COLUMNS="200")
+    proc = subprocess.run([*cmd, *args], cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        pytest.fail(f"kedro {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def _versions(project: Path, concept: str) -> list[str]:
+    folder = project / "data" / "06_models" / f"{concept}_lora" / LORA_FILE
+    return sorted(p.parent.name for p in folder.glob(f"*/{LORA_FILE}")) if folder.is_dir() else []
+
+
+def _lora_path(project: Path, concept: str, version: str) -> Path:
+    return project / "data" / "06_models" / f"{concept}_lora" / LORA_FILE / version / LORA_FILE
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, mini_model_path) -> Path:
+    """A runnable copy of the project: conf/, pyproject.toml, .telemetry, sample data, the session's model."""
+    from ziplora_pipeline.sample_data import write_sample_data
+
+    root = tmp_path_factory.mktemp("kedro_project")
+    shutil.copytree(PROJECT_ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
+    (root / "conf" / "local").mkdir()
+    shutil.copy(PROJECT_ROOT / "pyproject.toml", root / "pyproject.toml")
+    shutil.copy(PROJECT_ROOT / ".telemetry", root / ".telemetry")
+    (root / "src").mkdir()  # bootstrap_project requires the source dir to exist
+    write_sample_data(root / "data" / "01_raw", size=128)
+    # base_model.pretrained_model_name_or_path defaults to this folder: reuse, don't rebuild.
+    shutil.copytree(mini_model_path, root / "data" / "06_models" / "miniature_sdxl")
+    return root
+
+
+@pytest.fixture(scope="module")
+def first_run(project) -> dict:
+    source_db = PROJECT_ROOT / "mlflow.db"
+    source_db_stat = source_db.stat().st_mtime_ns if source_db.exists() else None
+    _kedro(project, "run", "--pipelines", PIPELINES, "--params", f"subject.lora.steps={STEPS},style.lora.steps={STEPS}")
+    return {"source_db_stat": source_db_stat, "subject": _versions(project, "subject"),
+            "style": _versions(project, "style")}
+
+
+def _client(project: Path):
+    from mlflow.tracking import MlflowClient
+
+    db = project / "mlflow.db"
+    assert db.is_file(), "the MLflow database must be in the project that ran"
+    return MlflowClient(tracking_uri=f"sqlite:///{db}")
+
+
+def _runs(project: Path):
+    client = _client(project)
+    exp = client.get_experiment_by_name("ziplora_pipeline")
+    assert exp is not None
+    return client, client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+@pytest.mark.filterwarnings("ignore:Already found a `peft_config`")  # two adapters on purpose
+def test_run_writes_one_version_of_each_lora_loadable_by_diffusers(project, first_run, fresh_pipe, unet_probe):
+    assert len(first_run["subject"]) == 1 and first_run["subject"] == first_run["style"]  # one run = one version
+    version = first_run["subject"][0]
+    pipe = fresh_pipe()
+    before = unet_probe(pipe.unet)
+    for concept in ("subject", "style"):
+        path = _lora_path(project, concept, version)
+        pipe.load_lora_weights(str(path), adapter_name=concept)
+        assert concept in pipe.unet.peft_config
+    pipe.set_adapters(["subject", "style"])
+    assert not torch.equal(unet_probe(pipe.unet), before)
+    # the other versioned outputs of the run
+    for rel in ("03_primary/subject/images", "03_primary/style/prompt.json",
+                "08_reporting/subject_lora/training_log.json", "08_reporting/style_lora/loss_curve.png"):
+        assert (project / "data" / rel / version).is_dir(), rel
+
+
+def test_run_is_tracked_in_the_projects_mlflow_db(project, first_run):
+    client, runs = _runs(project)
+    assert len(runs) == 1
+    run = runs[0]
+    version = first_run["subject"][0]
+    assert run.data.tags.get("run_id") == version  # MLflow run <-> data/**/<version>/
+    params = run.data.params
+    assert params["subject.lora.rank"] == "4" and params["style.lora.rank"] == "4"
+    assert params["subject.lora.steps"] == str(STEPS)
+    assert params["data_prep.resolution"] == "64"
+    for concept in ("subject", "style"):
+        history = client.get_metric_history(run.info.run_id, f"{concept}.loss")
+        assert sorted(m.step for m in history) == list(range(1, STEPS + 1))
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "loras/subject_lora_weights")}
+    logged |= {a.path for a in client.list_artifacts(run.info.run_id, "loras/style_lora_weights")}
+    assert logged == {f"loras/subject_lora_weights/{LORA_FILE}", f"loras/style_lora_weights/{LORA_FILE}"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "training")} >= {
+        "training/subject_training_log", "training/style_loss_curve"}
+    # artifacts live in the project copy, and the source tree's database was not touched
+    assert run.info.artifact_uri.startswith((project / "mlruns").as_uri())
+    artifact = project / "mlruns" / run.info.run_id / "artifacts" / "loras" / "subject_lora_weights" / LORA_FILE
+    saved = load_file(str(_lora_path(project, "subject", version)))
+    assert all(torch.equal(saved[k], v) for k, v in load_file(str(artifact)).items())
+    source_db = PROJECT_ROOT / "mlflow.db"
+    after = source_db.stat().st_mtime_ns if source_db.exists() else None
+    assert after == first_run["source_db_stat"], "kedro run in a copy wrote to the source tree's mlflow.db"
+
+
+def test_subject_pipeline_alone_adds_only_a_subject_version(project, first_run):
+    _kedro(project, "run", "--pipeline", "subject_lora", "--params", f"subject.lora.steps={STEPS}")
+    subject, style = _versions(project, "subject"), _versions(project, "style")
+    assert len(subject) == 2 and subject[0] == first_run["subject"][0]
+    assert style == first_run["style"]
+    # Same data, config and seed: the re-trained LoRA is identical (reproducible across processes).
+    a = load_file(str(_lora_path(project, "subject", subject[0])))
+    b = load_file(str(_lora_path(project, "subject", subject[1])))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    client, runs = _runs(project)
+    assert len(runs) == 2
+    second = runs[1]
+    assert second.data.tags.get("run_id") == subject[1]
+    assert "subject.lora.rank" in second.data.params and "style.lora.rank" not in second.data.params
+    assert [m.step for m in client.get_metric_history(second.info.run_id, "subject.loss")] == list(range(1, STEPS + 1))
+    assert client.get_metric_history(second.info.run_id, "style.loss") == []
+
+
+def test_bad_params_fail_before_any_node_with_the_key_named(project, first_run):
+    before = (_versions(project, "subject"), _versions(project, "style"))
+    proc = _kedro(project, "run", "--pipelines", PIPELINES, "--params", "subject.lora.rnak=8", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "subject.lora.rnak" in out and "subject.lora.rank" in out, out[-3000:]
+    assert "Running node" not in out
+    assert (_versions(project, "subject"), _versions(project, "style")) == before

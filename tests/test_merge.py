@@ -1,0 +1,165 @@
+"""ZipLoRA on the miniature SDXL: the loop, the exported files in plain diffusers, bad inputs."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from PIL import Image
+
+from ziplora_pipeline.core.base_model import load_base_pipeline
+from ziplora_pipeline.core.images import square_resize
+from ziplora_pipeline.core.lora_factors import check_against_unet, unet_lora_factors
+from ziplora_pipeline.core.lora_io import LoraFile, LoraFormatError
+from ziplora_pipeline.core.lora_training import LoraTrainingConfig, train_lora
+from ziplora_pipeline.core.merge import MergeConfig, ziplora_merge
+from ziplora_pipeline.core.merge_export import factors_to_lora_file, merged_factors, to_kohya
+from ziplora_pipeline.core.sdxl import encode_concept, training_scheduler
+from ziplora_pipeline.core.ziplora import attach_ziplora, detach_ziplora, load_merger_state_dict, set_mergers
+from ziplora_pipeline.datasets.lora_safetensors import LoraSafetensorsDataset
+
+from .conftest import RESOLUTION
+
+
+@pytest.fixture(scope="module")
+def concepts(base_cfg, subject_images, sample_raw):
+    """Two LoRAs trained on the miniature model (ranks differ: 8 with alpha 4, and 4) plus inputs."""
+    style_images = [square_resize(Image.open(p).convert("RGB"), RESOLUTION)
+                    for p in sorted((sample_raw / "styles" / "mosaic").glob("*.png"))]
+    out = {"inputs": {}, "files": {}}
+    for name, images, prompt, cfg in [
+        ("subject", subject_images, "a photo of sks robot", LoraTrainingConfig(rank=8, alpha=4, steps=30, seed=0)),
+        ("style", style_images, "a flower in zwx style", LoraTrainingConfig(rank=4, steps=30, seed=1)),
+    ]:
+        pipe = load_base_pipeline(base_cfg)
+        out["inputs"][name] = encode_concept(pipe, images, prompt)
+        out["files"][name] = train_lora(pipe, out["inputs"][name], cfg, name).lora
+    out["factors"] = {n: unet_lora_factors(f, n) for n, f in out["files"].items()}
+    return out
+
+
+@pytest.fixture(scope="module")
+def merged(base_cfg, concepts):
+    pipe = load_base_pipeline(base_cfg)
+    return ziplora_merge(pipe.unet, concepts["factors"], concepts["inputs"], MergeConfig(steps=100),
+                         training_scheduler(pipe), progress=False)
+
+
+def test_loop_lowers_both_reconstructions_and_merger_overlap(merged):
+    """At the paper's lr 0.01 and λ 0.01 (default overlap form: cosine)."""
+    first, last = merged.initial, merged.final
+    assert last["recon_subject"] < first["recon_subject"]
+    assert last["recon_style"] < first["recon_style"]
+    assert first["mean_abs_cos"] == pytest.approx(1.0)
+    assert last["mean_abs_cos"] < 0.9
+    assert len(merged.history["loss"]) == 100
+
+
+def test_merger_file_keys_are_unet_module_paths(base_cfg, merged, concepts):
+    modules = dict(load_base_pipeline(base_cfg).unet.named_modules())
+    for key, m in merged.mergers.items():
+        path, adapter = key.rsplit(".", 1)
+        assert adapter in ("subject", "style") and isinstance(modules[path], torch.nn.Linear)
+        assert m.shape == (modules[path].in_features,)
+    assert "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.subject" in merged.mergers
+
+
+def test_one_hot_mergers_reproduce_each_lora(base_cfg, concepts, unet_probe):
+    """Mergers (1, 0) = the subject LoRA loaded by diffusers; (0, 1) = the style LoRA (atol 1e-6)."""
+    zip_pipe = load_base_pipeline(base_cfg)
+    wrappers = attach_ziplora(zip_pipe.unet, concepts["factors"])
+    for name in ("subject", "style"):
+        ref = load_base_pipeline(base_cfg)
+        from ziplora_pipeline.core.lora_io import load_lora_file
+
+        load_lora_file(ref, concepts["files"][name], name)
+        with set_mergers(wrappers, {name: 1.0}):
+            torch.testing.assert_close(unet_probe(zip_pipe.unet), unet_probe(ref.unet), atol=1e-6, rtol=0)
+    detach_ziplora(zip_pipe.unet, wrappers)
+
+
+@pytest.mark.parametrize("kohya", [False, True])
+def test_exported_lora_loads_in_plain_diffusers_and_matches(tmp_path, base_cfg, concepts, merged, unet_probe, kohya):
+    """The rank-(r_c + r_s) file, loaded with load_lora_weights into a fresh pipeline, reproduces the
+    merged UNet (learned mergers, style strength 0.7) to atol 1e-5."""
+    strengths = {"subject": 1.0, "style": 0.7}
+    lora = factors_to_lora_file(merged_factors(concepts["factors"], merged.mergers, strengths))
+    if kohya:
+        lora = to_kohya(lora)
+        assert any(k.startswith("lora_unet_") and k.endswith(".lora_down.weight") for k in lora.state_dict)
+    path = tmp_path / "merged.safetensors"
+    LoraSafetensorsDataset(filepath=str(path)).save(lora)
+
+    zip_pipe = load_base_pipeline(base_cfg)
+    scaled = {n: {p: type(f)(f.A, f.B, f.scale * strengths[n]) for p, f in fs.items()}
+              for n, fs in concepts["factors"].items()}
+    wrappers = attach_ziplora(zip_pipe.unet, scaled)
+    load_merger_state_dict(wrappers, merged.mergers)
+    expected = unet_probe(zip_pipe.unet)
+
+    plain = load_base_pipeline(base_cfg)
+    plain.load_lora_weights(str(path), adapter_name="ziplora")
+    got = unet_probe(plain.unet)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert (got - unet_probe(load_base_pipeline(base_cfg).unet)).abs().max() > 1e-3  # the LoRA does something
+    ranks = {f.rank for f in unet_lora_factors(lora, "merged").values()}
+    assert ranks == {12}  # 8 + 4
+
+
+def test_kohya_input_parses_to_the_same_factors(concepts):
+    lora = factors_to_lora_file(concepts["factors"]["subject"])  # scale folded, alpha = rank
+    a = unet_lora_factors(lora, "diffusers")
+    b = unet_lora_factors(to_kohya(lora), "kohya")
+    assert set(a) == set(b)
+    for p in a:
+        torch.testing.assert_close(a[p].delta(), b[p].delta(), atol=1e-7, rtol=0)
+
+
+# ---- bad inputs -------------------------------------------------------------------------------
+
+def test_not_a_lora_names_what_was_found():
+    with pytest.raises(LoraFormatError, match="holds no UNet LoRA weights.*conv_in.weight"):
+        unet_lora_factors(LoraFile({"conv_in.weight": torch.zeros(3, 3)}), "model.safetensors")
+
+
+def test_nan_weights_are_rejected(concepts):
+    state = dict(concepts["files"]["subject"].state_dict)
+    key = next(k for k in state if k.endswith("lora_B.weight"))
+    state[key] = state[key].clone().fill_(float("nan"))
+    with pytest.raises(LoraFormatError, match="NaN/inf"):
+        unet_lora_factors(LoraFile(state, concepts["files"]["subject"].metadata), "subject")
+
+
+def test_shape_mismatch_names_first_layer(base_cfg, concepts):
+    factors = dict(concepts["factors"]["subject"])
+    path = sorted(factors)[0]
+    f = factors[path]
+    factors[path] = type(f)(torch.zeros(f.rank, f.A.shape[1] + 8), f.B, f.scale)  # another model's width
+    with pytest.raises(LoraFormatError, match=f"layer {path.replace('.', '[.]')} is"):
+        check_against_unet(load_base_pipeline(base_cfg).unet, {"subject": factors})
+
+
+def test_lora_for_no_layer_of_this_unet(base_cfg, concepts):
+    f = next(iter(concepts["factors"]["style"].values()))
+    with pytest.raises(LoraFormatError, match="adapts no layer of this UNet"):
+        check_against_unet(load_base_pipeline(base_cfg).unet, {"style": {"mid_block.foo.to_q": f}})
+
+
+def test_text_encoder_part_is_dropped_with_warning(concepts, caplog):
+    lora = concepts["files"]["style"]
+    state = {**lora.state_dict, "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(2, 32),
+             "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_B.weight": torch.zeros(32, 2)}
+    with caplog.at_level(logging.WARNING):
+        factors = unet_lora_factors(LoraFile(state, lora.metadata), "style")
+    assert set(factors) == set(concepts["factors"]["style"])
+    assert "text-encoder" in caplog.text
+
+
+def test_merge_config_rejects_bad_values():
+    from ziplora_pipeline.core.config_utils import ConfigError
+
+    with pytest.raises(ConfigError, match="merge.overlap"):
+        MergeConfig(overlap="cosin")
+    with pytest.raises(ConfigError, match="timestep_range"):
+        MergeConfig(timestep_range=(500, 100))
