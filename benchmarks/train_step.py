@@ -19,9 +19,12 @@ then times ``repeats`` runs alternating the two modes (ABBA order) on the same m
 time is measured between consecutive steps' callbacks, so one-time setup (adapter creation, the
 cached encode) is excluded. A repeat slower than 3x its mode's median is flagged as a stall.
 
-Memory: on CPU, ``ru_maxrss`` of the worker process (peak resident set: weights, activations,
-optimizer state, Python and torch runtime); ``train_delta_mb`` subtracts the peak before training
-started (model built, inputs encoded). On CUDA, ``torch.cuda.max_memory_allocated`` instead.
+Memory: on CPU, the worker's peak resident set size (``VmHWM``) over the warm-up training, with
+the high-water mark reset just before it (``/proc/self/clear_refs``), so building the model does
+not count; it includes weights, activations, optimizer state and the Python/torch runtime.
+(``tracemalloc`` would miss torch's allocations.) ``train_delta_mb`` subtracts the RSS just
+before training (model built, inputs encoded). Where the reset is not possible, ``ru_maxrss`` of
+the fresh process. On CUDA, ``torch.cuda.max_memory_allocated`` instead.
 
 Usage::
 
@@ -61,14 +64,53 @@ STALL_FACTOR = 3.0
 
 # --------------------------------------------------------------------------- worker (subprocess)
 
+def _proc_status_mb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak(device) -> str:
+    """Start a fresh peak-memory window; return how the peak is measured."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+        return "torch.cuda.max_memory_allocated during warm-up training (MiB)"
+    try:  # Linux >= 4.0: writing 5 resets the process' RSS high-water mark (VmHWM) to its current RSS
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return "VmHWM (peak RSS) of the worker process during warm-up training, reset when training starts (MiB)"
+    except OSError:
+        return "ru_maxrss of the fresh worker process since it started (MiB; includes model building)"
+
+
 def _peak_mb(device) -> float:
     import torch
 
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    hwm = _proc_status_mb("VmHWM")
+    if hwm is not None:
+        return hwm
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _current_mb(device) -> float:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 2**20
+    rss = _proc_status_mb("VmRSS")
+    return rss if rss is not None else _peak_mb(device)
 
 
 def worker(job: dict) -> dict:
@@ -98,10 +140,6 @@ def worker(job: dict) -> dict:
     encode = functools.partial(encode_concept, pipe, images, "a photo of sks robot")
     encode()  # first call pays lazy initialisation; not part of any measurement
     build_s = time.perf_counter() - t0
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats(device)
-    before_mb = _peak_mb(device)
     unet_params = sum(p.numel() for p in pipe.unet.parameters())
 
     def run(mode: str, steps: int, name: str) -> list[float]:
@@ -118,6 +156,8 @@ def worker(job: dict) -> dict:
         return [b - a for a, b in zip(stamps, stamps[1:])]  # step 2..n; step 1 holds setup
 
     first, other = job["first"], ("uncached" if job["first"] == "cached" else "cached")
+    before_mb = _current_mb(device)
+    memory_method = _reset_peak(device)
     run(first, job["warmup_steps"], "warmup")
     peak_mb = _peak_mb(device)
     timings: dict[str, list[float]] = {"cached": [], "uncached": []}
@@ -128,7 +168,7 @@ def worker(job: dict) -> dict:
             logger.info("%s %-8s repeat %d: %.4f s/step (%d steps)", job["model"], mode, r, timings[mode][-1],
                         len(dts) + 1)
     return {"model": job["model"], "first": first, "timings": timings, "peak_mb": peak_mb, "before_mb": before_mb,
-            "build_s": build_s, "unet_params_m": unet_params / 1e6, "device": str(device),
+            "build_s": build_s, "unet_params_m": unet_params / 1e6, "device": str(device), "memory_method": memory_method,
             "threads": torch.get_num_threads()}
 
 
@@ -216,9 +256,8 @@ def main(argv=None) -> int:
         "python": platform.python_version(), "quick": args.quick,
         "load_avg": [round(x, 2) for x in os.getloadavg()], "wall_s": round(time.perf_counter() - t_start, 1),
         "s_per_step": "median over repeats of the mean step time (steps 2..n of each run)",
-        "peak_mb": ("torch.cuda.max_memory_allocated" if dev.startswith("cuda") else
-                    "ru_maxrss of a fresh worker after warm-up training in that mode (whole-process peak RSS, MiB)"),
-        "train_delta_mb": "peak_mb minus the peak before training (model built, inputs encoded)",
+        "peak_mb": results[0]["memory_method"] + "; one fresh worker per mode, that mode trained first",
+        "train_delta_mb": "peak_mb minus the memory in use just before training (model built, inputs encoded)",
     }
     print(json.dumps(out))
     return 0

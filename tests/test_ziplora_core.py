@@ -59,7 +59,7 @@ def test_one_hot_mergers_give_each_lora_alone_exactly():
         with set_mergers({"l": layer}, {name: 1.0}):
             y = layer(x)
         expected = layer.base(x) + nn.functional.linear(nn.functional.linear(x, f.A), f.B * f.scale)
-        assert torch.equal(y, expected), name
+        torch.testing.assert_close(y, expected, atol=1e-12, rtol=0)  # float64; zero rows add exact zeros
     assert all(torch.all(m != 1) for m in layer.mergers.values()), "mergers restored after the context"
 
 

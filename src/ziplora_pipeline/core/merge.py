@@ -34,7 +34,7 @@ class MergeConfig:
     steps: int = 100  # paper: at most 100
     learning_rate: float = 0.01  # paper: 0.01
     lambda_overlap: float = 0.01  # paper: λ = 0.01
-    overlap: str = "cosine"  # cosine | mean_product | dot (see ziplora._pair_overlap); chosen by measurement
+    overlap: str = "cosine"  # cosine | mean_product | dot (see ziplora._overlap_terms); chosen by measurement
     squared_norm: bool = True  # ‖·‖² (mean squared error) or ‖·‖ (root mean square)
     timestep_range: tuple[int, int] = (0, 1000)  # sampled uniformly in [lo, hi)
     batch_size: int = 1  # samples per concept per step
@@ -176,6 +176,23 @@ def ziplora_merge(unet, loras: dict[str, dict[str, LoraFactors]], inputs: dict[s
         detach_ziplora(unet, wrappers)
 
 
+def merge_step(unet, wrappers, pools: list[TeacherPool], names: list[str], cfg: MergeConfig, optimizer,
+               generator: torch.Generator, amp=None) -> dict[str, float]:
+    """One optimiser step of Eq. 3 on a batch drawn from the teacher pools; returns the loss terms."""
+    idx = [torch.randint(0, cfg.teacher_pool, (cfg.batch_size,), generator=generator) for _ in names]
+    with amp or torch.autocast("cpu", enabled=False):
+        pred = _unet(unet, *_cond(pools, idx)).split(cfg.batch_size)  # one forward for all concepts
+    recon = [reconstruction(pr, p.target[i], cfg.squared_norm) / _norm(p, cfg) for pr, p, i in zip(pred, pools, idx)]
+    overlap = overlap_penalty(wrappers.values(), cfg.overlap)
+    loss = torch.stack(recon).sum() + cfg.lambda_overlap * overlap
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return {"loss": loss.item(), "overlap": overlap.item(), "mean_abs_cos": mean_abs_cosine(wrappers.values()),
+            "recon": sum(r.item() for r in recon),
+            **{f"recon_{n}": r.item() for n, r in zip(names, recon)}}
+
+
 def _default_scheduler():
     from diffusers import DDPMScheduler
 
@@ -190,7 +207,8 @@ def _optimise(unet, wrappers, names, inputs, cfg, scheduler, on_step, progress) 
     for p in params:
         p.requires_grad_(True)
     optimizer = torch.optim.Adam(params, lr=cfg.learning_rate)
-    history: dict[str, list[float]] = {k: [] for k in ["loss", "overlap", "mean_abs_cos", *[f"recon_{n}" for n in names]]}
+    history: dict[str, list[float]] = {k: [] for k in ["loss", "recon", "overlap", "mean_abs_cos",
+                                                        *[f"recon_{n}" for n in names]]}
     device = next(iter(wrappers.values())).base.weight.device
     amp = (torch.autocast("cuda", dtype=torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float16)
            if cfg.mixed_precision != "no" and device.type == "cuda" else torch.autocast("cpu", enabled=False))
@@ -198,20 +216,10 @@ def _optimise(unet, wrappers, names, inputs, cfg, scheduler, on_step, progress) 
     t0, stopped = time.perf_counter(), False
     bar = tqdm(range(cfg.steps), desc="ZipLoRA merge", leave=False, disable=None if progress else True)  # None: TTY only
     for step in bar:
-        idx = [torch.randint(0, cfg.teacher_pool, (cfg.batch_size,), generator=generator) for _ in names]
-        with amp:
-            pred = _unet(unet, *_cond(pools, idx)).split(cfg.batch_size)  # one forward for all concepts
-        recon = [reconstruction(pr, p.target[i], cfg.squared_norm) / _norm(p, cfg) for pr, p, i in zip(pred, pools, idx)]
-        overlap = overlap_penalty(wrappers.values(), cfg.overlap)
-        loss = torch.stack(recon).sum() + cfg.lambda_overlap * overlap
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        cos = mean_abs_cosine(wrappers.values())
-        terms = {"loss": loss.item(), "overlap": overlap.item(), "mean_abs_cos": cos,
-                 **{f"recon_{n}": r.item() for n, r in zip(names, recon)}}
+        terms = merge_step(unet, wrappers, pools, names, cfg, optimizer, generator, amp)
         for k, v in terms.items():
             history[k].append(v)
+        cos = terms["mean_abs_cos"]
         bar.set_postfix(loss=f"{terms['loss']:.4g}", cos=f"{cos:.3f}")
         if on_step:
             on_step(step + 1, **terms)

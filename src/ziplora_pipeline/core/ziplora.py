@@ -29,33 +29,38 @@ class ZipLoRALinear(nn.Module):
 
     Wraps (does not copy) ``base``; like peft's LoraLayer the adapters sit side by side, keyed
     by name ("subject", "style"). A layer adapted by only some LoRAs holds only those.
+
+    Forward uses m ⊗ ΔW = s B (A diag(m)): the mergers scale A's columns, the k scaled A's are
+    stacked into one (Σr, in) matrix and the k B's into one (out, Σr) matrix, so a step costs
+    one rank-Σr LoRA forward — no dense ΔW and no per-adapter copy of the activations.
     """
 
     def __init__(self, base: nn.Linear, factors: dict[str, LoraFactors]):
         super().__init__()
         self.base = base
         self.names = list(factors)
+        self.ranks = [f.rank for f in factors.values()]
         dtype, device = base.weight.dtype, base.weight.device
-        for name, f in factors.items():
-            # Scale folded into B once: s·B (out, r); A (r, in). Frozen buffers, not parameters.
-            self.register_buffer(f"A_{name}", f.A.to(device, dtype), persistent=False)
-            folded = f.B.to(torch.promote_types(f.B.dtype, torch.float32)) * f.scale  # fold in >= fp32
-            self.register_buffer(f"B_{name}", folded.to(device, dtype), persistent=False)
+        # Frozen buffers, not parameters: A (Σr, in) and s·B (out, Σr), scales folded in >= fp32.
+        A = torch.cat([f.A.to(torch.promote_types(f.A.dtype, torch.float32)) for f in factors.values()])
+        B = torch.cat([f.B.to(torch.promote_types(f.B.dtype, torch.float32)) * f.scale for f in factors.values()], 1)
+        self.register_buffer("A", A.to(device, dtype), persistent=False)
+        self.register_buffer("B", B.to(device, dtype), persistent=False)
         # Mergers in fp32 (master weights) even for a half-precision UNet; init 1 = direct merge.
         self.mergers = nn.ParameterDict({n: nn.Parameter(torch.ones(base.in_features, device=device)) for n in factors})
 
     def lora_A(self, name: str) -> torch.Tensor:
-        return getattr(self, f"A_{name}")
+        """A of adapter ``name``: (r_name, in)."""
+        return self.A.split(self.ranks)[self.names.index(name)]
 
     def lora_B(self, name: str) -> torch.Tensor:
-        return getattr(self, f"B_{name}")
+        """s·B of adapter ``name``: (out, r_name)."""
+        return self.B.split(self.ranks, dim=1)[self.names.index(name)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (..., in) -> (..., out)
-        y = self.base(x)
-        for name in self.names:
-            m = self.mergers[name].to(x.dtype)
-            y = y + F.linear(F.linear(x * m, self.lora_A(name)), self.lora_B(name))  # (..., r) -> (..., out)
-        return y
+        m = torch.cat([self.mergers[n].expand(r, -1) for n, r in zip(self.names, self.ranks)])  # (Σr, in)
+        scaled_A = self.A * m.to(self.A.dtype)  # [A_1 diag(m_1); …; A_k diag(m_k)]
+        return self.base(x) + F.linear(F.linear(x, scaled_A), self.B)  # (..., Σr) -> (..., out)
 
 
 def attach_ziplora(unet: nn.Module, loras: dict[str, dict[str, LoraFactors]]) -> dict[str, ZipLoRALinear]:
@@ -124,35 +129,48 @@ class set_mergers:  # noqa: N801 - used as a context manager, like torch.no_grad
 
 # ---- overlap penalty (third term of Eq. 3) ----------------------------------------------------
 
-def _pair_overlap(a: torch.Tensor, b: torch.Tensor, form: str) -> torch.Tensor:
-    """Overlap of two merger vectors (in,) of one layer.
+def _pairs(wrappers: Iterable[ZipLoRALinear]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """All merger pairs (i < j) of all layers, stacked per vector length: {in: ((P, in), (P, in))}.
+
+    Batching the per-layer terms into a few stacked ops keeps the penalty's cost independent of
+    the number of layers (hundreds on SDXL) instead of one small kernel per layer.
+    """
+    groups: dict[int, tuple[list, list]] = {}
+    for w in wrappers:
+        for i, j in itertools.combinations(w.names, 2):
+            a, b = groups.setdefault(w.base.in_features, ([], []))
+            a.append(w.mergers[i])
+            b.append(w.mergers[j])
+    return {n: (torch.stack(a), torch.stack(b)) for n, (a, b) in groups.items()}
+
+
+def _overlap_terms(a: torch.Tensor, b: torch.Tensor, form: str) -> torch.Tensor:
+    """Per-pair overlap of stacked merger vectors a, b (P, in) -> (P,).
 
     cosine: |cos(a, b)| — scale-free, 1 at the all-ones start (ZIPLORA.md: behaves as intended);
     mean_product: mean_j |a_j b_j| — the unofficial implementation's form;
     dot: |Σ_j a_j b_j| — the paper taken literally (starts at in_features per layer).
     """
     if form == "cosine":
-        return F.cosine_similarity(a, b, dim=0).abs()
+        return F.cosine_similarity(a, b, dim=1).abs()
     if form == "mean_product":
-        return (a * b).abs().mean()
+        return (a * b).abs().mean(dim=1)
     if form == "dot":
-        return (a * b).sum().abs()
+        return (a * b).sum(dim=1).abs()
     raise ValueError(f"Unknown overlap form {form!r}: use cosine, mean_product or dot.")
 
 
 def overlap_penalty(wrappers: Iterable[ZipLoRALinear], form: str = "cosine") -> torch.Tensor:
     """Σ_layers Σ_{i<j} overlap(m_i, m_j); layers adapted by one LoRA contribute nothing."""
-    terms = [_pair_overlap(w.mergers[i], w.mergers[j], form)
-             for w in wrappers for i, j in itertools.combinations(w.names, 2)]
+    terms = [_overlap_terms(a, b, form).sum() for a, b in _pairs(wrappers).values()]
     return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
 @torch.no_grad()
 def mean_abs_cosine(wrappers: Iterable[ZipLoRALinear]) -> float:
     """Mean over layers and pairs of |cos(m_i, m_j)|: 1 at the start, 0 when fully disjoint."""
-    values = [F.cosine_similarity(w.mergers[i], w.mergers[j], dim=0).abs().item()
-              for w in wrappers for i, j in itertools.combinations(w.names, 2)]
-    return sum(values) / len(values) if values else 0.0
+    cos = [F.cosine_similarity(a, b, dim=1).abs() for a, b in _pairs(wrappers).values()]
+    return torch.cat(cos).mean().item() if cos else 0.0
 
 
 def merger_state_dict(wrappers: dict[str, ZipLoRALinear]) -> dict[str, torch.Tensor]:

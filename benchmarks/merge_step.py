@@ -1,0 +1,354 @@
+"""ZipLoRA merge step: this implementation vs a dense-ΔW reference vs the LoRA-step floor.
+
+Same UNet, same two LoRAs, same batch, in one run:
+
+* ``ours``: ``core.merge.merge_step`` — low-rank forward (W0 x + Σ s_i B_i A_i (m_i ⊙ x)), targets
+  taken from the teacher pool computed once (its one-time cost is reported as ``pool_s``).
+* ``dense``: the unofficial implementation's approach, written here: every adapted layer holds
+  dense ΔW_c, ΔW_s (out, in) and forms W0 + m_c ⊙ ΔW_c + m_s ⊙ ΔW_s on every forward, and the
+  two targets (D ⊕ L_c)(x_c), (D ⊕ L_s)(x_s) are recomputed every step (two no-grad forwards).
+* ``floor``: one plain peft LoRA training step (rank r, AdamW) on the same concatenated batch: a
+  merge step is one forward and backward too, so it cannot cost less.
+
+Both merge variants use plain Eq. 3 (``normalize_recon=False``) so their step-0 losses must agree
+(``loss0_abs_diff``). Timing: one worker process per model, variants interleaved (ABC, CBA, …)
+on the same UNet by attaching/detaching them; per-step wall time; median and min over repeats; a
+repeat > 3× its median is flagged as a stall. Memory: one fresh worker per variant; on CPU the
+peak resident set sampled every 1 ms minus the resident set after the model was built (weights
+excluded, everything the variant adds included: dense ΔW copies, activations, optimizer state);
+on CUDA ``max_memory_allocated`` minus the allocation after build.
+
+    python benchmarks/merge_step.py           # tiny + large (SDXL block widths), ~5 min on 2 cores
+    python benchmarks/merge_step.py --quick   # seconds: small stand-ins
+
+Logs go to stderr; the last stdout line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+logger = logging.getLogger("benchmarks.merge_step")
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from train_step import MODELS, QUICK_MODELS  # noqa: E402  (same model specs as the training benchmark)
+
+VARIANTS = ("ours", "dense", "floor")
+STALL_FACTOR = 3.0
+
+
+# --------------------------------------------------------------------------- the dense reference
+
+def dense_layers(torch, nn):
+    class DenseMergeLinear(nn.Module):
+        """W0 + Σ_i m_i ⊗ ΔW_i formed densely on every call, as the unofficial implementation does."""
+
+        def __init__(self, base, deltas: dict):
+            super().__init__()
+            self.base = base
+            for n, d in deltas.items():
+                self.register_buffer(f"d_{n}", d)
+            self.names = list(deltas)
+            self.mergers = nn.ParameterDict({n: nn.Parameter(torch.ones(base.in_features)) for n in deltas})
+
+        def forward(self, x):
+            w = self.base.weight + sum(self.mergers[n][None, :] * getattr(self, f"d_{n}") for n in self.names)
+            return nn.functional.linear(x, w, self.base.bias)
+
+    return DenseMergeLinear
+
+
+# --------------------------------------------------------------------------- worker
+
+class RssSampler:
+    """Peak resident set (MiB) of this process, sampled every millisecond in a thread."""
+
+    def __init__(self):
+        self.peak, self._stop = 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def current() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.current())
+            time.sleep(0.001)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.current())
+
+
+def build(job):
+    import torch
+
+    from ziplora_pipeline.core.lora_factors import LoraFactors
+    from ziplora_pipeline.core.miniature import MiniatureSpec, build_miniature_sdxl
+    from ziplora_pipeline.core.sdxl import ConceptInputs, time_ids
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    spec = MiniatureSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["spec"].items()})
+    pipe = build_miniature_sdxl(spec)
+    unet = pipe.unet.to(device).requires_grad_(False)
+    del pipe
+    g = torch.Generator().manual_seed(0)
+    h = job["resolution"] // 8
+    cross, proj = unet.config.cross_attention_dim, spec.projection_dim
+    inputs = {n: ConceptInputs(torch.randn(3, 4, h, h, generator=g).to(device), torch.full((3, 4, h, h), 0.05, device=device),
+                               torch.randn(1, 77, cross, generator=g).to(device), torch.randn(1, proj, generator=g).to(device),
+                               time_ids((job["resolution"],) * 2, device=device)) for n in ("subject", "style")}
+    r = job["rank"]
+    targets = [n for n, m in unet.named_modules() if n.endswith(("to_q", "to_k", "to_v", "to_out.0"))]
+    modules = dict(unet.named_modules())
+    loras = {n: {p: LoraFactors(torch.randn(r, modules[p].in_features, generator=g).to(device) / r,
+                                torch.randn(modules[p].out_features, r, generator=g).to(device) * 0.1, 1.0)
+                 for p in targets} for n in ("subject", "style")}
+    return unet, inputs, loras, device
+
+
+class Variant:
+    """Attach one variant to the shared UNet; ``step()`` runs one timed optimisation step."""
+
+    def __init__(self, name, unet, inputs, loras, cfg, scheduler, device):
+        import torch
+
+        from ziplora_pipeline.core import merge as M
+        from ziplora_pipeline.core.ziplora import attach_ziplora, merger_parameters
+
+        self.name, self.unet, self.torch = name, unet, torch
+        self.names = list(loras)
+        self.gen = torch.Generator().manual_seed(0)
+        t0 = time.perf_counter()
+        if name == "floor":
+            from peft import LoraConfig
+
+            unet.add_adapter(LoraConfig(r=cfg["rank"], lora_alpha=cfg["rank"], init_lora_weights="gaussian",
+                                        target_modules=["to_q", "to_k", "to_v", "to_out.0"]), adapter_name="floor")
+            params = [p for n, p in unet.named_parameters() if "lora_" in n]
+            for p in params:
+                p.requires_grad_(True)
+            self.opt = torch.optim.AdamW(params, lr=1e-4)
+        else:
+            self.wrappers = attach_ziplora(unet, loras)
+            # Pools built with the low-rank wrappers in both variants so the batches are identical.
+            self.pools = [M.build_teacher_pool(unet, self.wrappers, scheduler, n, inputs[n], cfg["merge"], self.gen)
+                          for n in self.names]
+            if name == "dense":
+                self._to_dense(loras)
+            self.opt = torch.optim.Adam(merger_parameters(self.wrappers), lr=0.01)
+            for p in merger_parameters(self.wrappers):
+                p.requires_grad_(True)
+        if name == "floor":
+            self.pools = None
+        self.setup_s = time.perf_counter() - t0
+        self.cfg, self.inputs, self.scheduler, self.M = cfg["merge"], inputs, scheduler, M
+
+    def _to_dense(self, loras):
+        from torch import nn
+
+        from ziplora_pipeline.core.ziplora import _set_child
+
+        Dense = dense_layers(self.torch, nn)
+        dense = {}
+        for path, w in self.wrappers.items():
+            parent, _, child = path.rpartition(".")
+            d = Dense(w.base, {n: loras[n][path].delta().to(w.base.weight.dtype) for n in w.names})
+            _set_child(self.unet.get_submodule(parent), child, d)
+            dense[path] = d
+        self.wrappers = dense
+
+    def step(self) -> float:
+        torch, M, cfg = self.torch, self.M, self.cfg
+        if self.name == "ours":
+            return M.merge_step(self.unet, self.wrappers, self.pools, self.names, cfg, self.opt, self.gen)["recon"]
+        if self.name == "floor":
+            return self._floor_step()
+        idx = [torch.randint(0, cfg.teacher_pool, (cfg.batch_size,), generator=self.gen) for _ in self.names]
+        targets = []
+        with torch.no_grad():  # teachers recomputed every step: mergers one-hot
+            for n, p, i in zip(self.names, self.pools, idx):
+                saved = {k: {a: m.detach().clone() for a, m in w.mergers.items()} for k, w in self.wrappers.items()}
+                for w in self.wrappers.values():
+                    for a, m in w.mergers.items():
+                        m.fill_(1.0 if a == n else 0.0)
+                targets.append(M._unet(self.unet, *M._cond([p], [i])))
+                for k, w in self.wrappers.items():
+                    for a, m in w.mergers.items():
+                        m.copy_(saved[k][a])
+        pred = M._unet(self.unet, *M._cond(self.pools, idx)).split(cfg.batch_size)
+        recon = [M.reconstruction(pr, t, cfg.squared_norm) for pr, t in zip(pred, targets)]
+        from ziplora_pipeline.core.ziplora import overlap_penalty
+
+        overlap = overlap_penalty(self.wrappers.values(), cfg.overlap)
+        loss = torch.stack(recon).sum() + cfg.lambda_overlap * overlap
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return sum(r.item() for r in recon)  # the reconstruction part: compared at step 0
+
+    def _floor_step(self) -> float:
+        torch, M = self.torch, self.M
+        b = self.cfg.batch_size
+        pools = self._floor_batch()
+        pred = M._unet(self.unet, *pools[:5])
+        loss = torch.nn.functional.mse_loss(pred.float(), pools[5].float())
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return loss.item() * b
+
+    def _floor_batch(self):
+        torch = self.torch
+        if not hasattr(self, "_fb"):
+            b = self.cfg.batch_size
+            parts = []
+            for n in self.names:
+                x = self.inputs[n]
+                lat = x.latent_mean[:b]
+                noise = torch.randn_like(lat)
+                t = torch.randint(0, 1000, (b,), generator=self.gen).to(lat.device)
+                parts.append((self.scheduler.add_noise(lat, noise, t), t, x.prompt_embeds.expand(b, -1, -1),
+                              x.pooled_prompt_embeds.expand(b, -1), x.time_ids.expand(b, -1), noise))
+            self._fb = [torch.cat(z) for z in zip(*parts)]
+        return self._fb
+
+    def detach(self):
+        if self.name == "floor":
+            self.unet.delete_adapters("floor")
+        else:
+            from ziplora_pipeline.core.ziplora import _set_child
+
+            for path, w in self.wrappers.items():
+                parent, _, child = path.rpartition(".")
+                _set_child(self.unet.get_submodule(parent), child, w.base)
+
+
+def worker(job: dict) -> dict:
+    import torch
+
+    from ziplora_pipeline.core.merge import MergeConfig, _default_scheduler
+
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    unet, inputs, loras, device = build(job)
+    cfg = {"rank": job["rank"], "merge": MergeConfig(normalize_recon=False, teacher_pool=4, batch_size=job["batch"])}
+    sched = _default_scheduler()
+    out = {"build_s": time.perf_counter() - t0, "unet_params_m": sum(p.numel() for p in unet.parameters()) / 1e6}
+    if job["mode"] == "mem":
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            v = Variant(job["variant"], unet, inputs, loras, cfg, sched, device)
+            for _ in range(job["steps"]):
+                v.step()
+            torch.cuda.synchronize()
+            out["peak_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+        else:
+            base = RssSampler.current()
+            with RssSampler() as s:
+                v = Variant(job["variant"], unet, inputs, loras, cfg, sched, device)
+                for _ in range(job["steps"]):
+                    v.step()
+            out["peak_mb"] = s.peak - base
+        return out
+    times = {v: [] for v in VARIANTS}
+    loss0 = {}
+    for rep in range(job["repeats"]):
+        order = VARIANTS if rep % 2 == 0 else VARIANTS[::-1]
+        for name in order:
+            v = Variant(name, unet, inputs, loras, cfg, sched, device)
+            first = v.step()  # warm-up step (not timed); the step-0 loss
+            loss0.setdefault(name, first)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            for _ in range(job["steps"]):
+                v.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[name].append((time.perf_counter() - t) / job["steps"])
+            v.detach()
+            logger.info("%s repeat %d %s: %.4f s/step", job["model"], rep, name, times[name][-1])
+    out.update(times=times, loss0=loss0, device=str(device))
+    return out
+
+
+# --------------------------------------------------------------------------- driver
+
+def spawn(job: dict) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(job)]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=job.get("timeout", 1800))
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker {job['model']}/{job['mode']} failed ({proc.returncode})")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure(name: str, spec: dict, resolution: int, rank: int, repeats: int, steps: int, batch: int) -> dict:
+    job = {"model": name, "spec": spec, "resolution": resolution, "rank": rank, "repeats": repeats,
+           "steps": steps, "batch": batch}
+    timing = spawn({**job, "mode": "time"})
+    mem = {v: spawn({**job, "mode": "mem", "variant": v, "steps": 2})["peak_mb"] for v in VARIANTS}
+    stats = {}
+    for v, values in timing["times"].items():
+        med = statistics.median(values)
+        stalls = sum(x > STALL_FACTOR * med for x in values)
+        if stalls:
+            logger.warning("%s %s: %d repeat(s) > %.0fx median: stall (another process?)", name, v, stalls, STALL_FACTOR)
+        stats[v] = {"median_s": round(med, 5), "min_s": round(min(values), 5), "stalls": stalls}
+    loss0 = timing["loss0"]
+    return {
+        "speedup_vs_dense": round(stats["dense"]["median_s"] / stats["ours"]["median_s"], 3),
+        "peak_mem_saving_vs_dense": round(1 - mem["ours"] / mem["dense"], 3) if mem["dense"] > 0 else None,
+        "merge_step_over_floor": round(stats["ours"]["median_s"] / stats["floor"]["median_s"], 3),
+        "loss0_abs_diff": abs(loss0["ours"] - loss0["dense"]), "loss0": loss0["ours"],
+        "s_per_step": stats, "peak_mb_above_model": {k: round(v, 1) for k, v in mem.items()},
+        "unet_params_m": round(timing["unet_params_m"], 1), "rank": rank, "resolution": resolution,
+        "batch_per_concept": batch, "device": timing["device"], "repeats": repeats, "steps_per_repeat": steps,
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small stand-ins, 2 repeats (seconds)")
+    p.add_argument("--models", default="tiny,large")
+    p.add_argument("--repeats", type=int)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+    models = QUICK_MODELS if args.quick else MODELS
+    results = {}
+    for name in args.models.split(","):
+        spec, resolution, _ = models[name]
+        rank = 4 if (name == "tiny" or args.quick) else 64  # large: the paper's rank 64
+        repeats = args.repeats or (2 if args.quick else 5)
+        steps = args.steps or (2 if args.quick else 3)
+        results[name] = measure(name, spec, resolution, rank, repeats, steps, batch=1)
+        logger.info("%s: %s", name, json.dumps(results[name]))
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""``benchmarks/train_step.py --quick`` still runs and ends with its JSON line (so it cannot rot)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+from .conftest import PROJECT_ROOT
+
+
+def test_train_step_benchmark_quick_prints_json_last():
+    proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "benchmarks" / "train_step.py"), "--quick"],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, f"only the JSON line goes to stdout (logs to stderr), got: {lines[:-1]}"
+    result = json.loads(lines[-1])
+    assert {"tiny", "large"} <= set(result)
+    for name in ("tiny", "large"):
+        r = result[name]
+        for key in ("s_per_step", "s_per_step_min", "s_per_step_uncached", "cache_speedup", "peak_mb"):
+            assert isinstance(r[key], float) and math.isfinite(r[key]) and r[key] > 0, (name, key, r[key])
+        assert r["s_per_step_min"] <= r["s_per_step"]
+        assert r["cache_speedup"] == round(r["s_per_step_uncached"] / r["s_per_step"], 3)
+        assert r["repeats"] == 2 and r["stalls"] >= 0
+    assert result["large"]["unet_params_m"] > result["tiny"]["unet_params_m"]
+    assert "peak" in result["meta"]["peak_mb"].lower()
+    assert "repeat 1" in proc.stderr  # the per-repeat log lines
