@@ -1,5 +1,9 @@
 """Load the base diffusion model: one code path for the miniature model and real SDXL.
 
+Two families share every stage: ``sdxl`` (StableDiffusionXLPipeline, two text encoders, a
+``text_time`` UNet) and ``sd`` (StableDiffusionPipeline: SD 1.x / 2.x). The family is read from
+the model's ``model_index.json``; LoRA targets (the attention projections) are the same.
+
 ``BaseModelConfig.pretrained_model_name_or_path`` is a hub id or a local diffusers folder. When
 ``miniature_seed`` is set and the folder does not exist yet, the miniature SDXL is written there
 first (once); it is then loaded with ``StableDiffusionXLPipeline.from_pretrained`` like any SDXL.
@@ -22,6 +26,9 @@ _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float1
            "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 
 
+FAMILIES = {"sdxl": "StableDiffusionXLPipeline", "sd": "StableDiffusionPipeline"}
+
+
 class BaseModelError(ValueError):
     """The base model cannot be used: missing, not SDXL-shaped, or the device cannot run it."""
 
@@ -31,7 +38,8 @@ class BaseModelConfig:
     """Where the base model comes from and how it runs."""
 
     pretrained_model_name_or_path: str = "data/02_intermediate/miniature_sdxl"
-    miniature_seed: int | None = 0  # build a miniature SDXL at the path if it is missing; null for real weights
+    miniature_seed: int | None = 0  # build a miniature model at the path if it is missing; null for real weights
+    miniature_family: str = "sdxl"  # family of that miniature model: sdxl | sd (SD-1.5-shaped)
     revision: str | None = None
     variant: str | None = None  # "fp16" picks SDXL's half-precision weight files
     dtype: str = "auto"  # auto = fp32 on CPU, bf16 on GPUs that support it, else fp16
@@ -42,6 +50,8 @@ class BaseModelConfig:
     def __post_init__(self):
         require(self.dtype == "auto" or self.dtype in _DTYPES,
                 f"base_model.dtype must be 'auto' or one of {sorted(_DTYPES)}, got {self.dtype!r}.")
+        require(self.miniature_family in FAMILIES,
+                f"base_model.miniature_family must be one of {sorted(FAMILIES)}, got {self.miniature_family!r}.")
         require(self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
                 f"base_model.device must be auto, cpu, cuda[:N] or mps, got {self.device!r}.")
 
@@ -78,22 +88,34 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return dtype
 
 
-def check_sdxl_folder(folder: Path) -> None:
-    """Raise ``BaseModelError`` naming what was found when ``folder`` is not an SDXL pipeline."""
+def family_of(index: dict, unet_config: dict | None) -> str:
+    """'sdxl' or 'sd' from a model_index.json and UNet config; ``BaseModelError`` naming what was found."""
+    cls = index.get("_class_name", "?")
+    embed = (unet_config or {}).get("addition_embed_type")
+    if cls == FAMILIES["sdxl"] and embed == "text_time":
+        return "sdxl"
+    if cls == FAMILIES["sd"] and embed is None:
+        return "sd"
+    raise BaseModelError(
+        f"Unsupported base model: a {cls} (UNet addition_embed_type={embed!r}). Supported families: SDXL "
+        "(StableDiffusionXLPipeline with a text_time UNet) and SD 1.x/2.x (StableDiffusionPipeline)."
+    )
+
+
+def check_sdxl_folder(folder: Path) -> str:
+    """Return the family of the diffusers folder ``folder``; raise ``BaseModelError`` if unsupported."""
     index = folder / "model_index.json"
     if not index.is_file():
         raise BaseModelError(
             f"{folder} is not a diffusers model folder (no model_index.json). Point "
             "base_model.pretrained_model_name_or_path at a folder saved with save_pretrained or a hub id."
         )
-    cls = json.loads(index.read_text()).get("_class_name", "?")
     unet_cfg = folder / "unet" / "config.json"
-    embed = json.loads(unet_cfg.read_text()).get("addition_embed_type") if unet_cfg.is_file() else None
-    if "XL" not in cls or embed != "text_time":
-        raise BaseModelError(
-            f"{folder} holds a {cls} (UNet addition_embed_type={embed!r}), not an SDXL pipeline "
-            "(StableDiffusionXLPipeline with a text_time UNet). Use an SDXL base model."
-        )
+    unet = json.loads(unet_cfg.read_text()) if unet_cfg.is_file() else None
+    try:
+        return family_of(json.loads(index.read_text()), unet)
+    except BaseModelError as err:
+        raise BaseModelError(f"{folder}: {err}") from err
 
 
 def ensure_base_model(cfg: BaseModelConfig) -> str:
@@ -103,7 +125,7 @@ def ensure_base_model(cfg: BaseModelConfig) -> str:
     if cfg.miniature_seed is not None and not path.exists():
         from .miniature import MiniatureSpec, write_miniature_sdxl
 
-        write_miniature_sdxl(path, MiniatureSpec(seed=cfg.miniature_seed))
+        write_miniature_sdxl(path, MiniatureSpec(seed=cfg.miniature_seed, family=cfg.miniature_family))
     if path.exists():
         check_sdxl_folder(path)
     elif source.startswith((".", "/")) or source.count("/") != 1:
@@ -114,13 +136,30 @@ def ensure_base_model(cfg: BaseModelConfig) -> str:
     return source
 
 
+def detect_family(source: str, cfg: BaseModelConfig) -> str:
+    """Family of a local folder or hub id (for a hub id, only its config files are fetched)."""
+    if Path(source).exists():
+        return check_sdxl_folder(Path(source))
+    from diffusers import DiffusionPipeline, UNet2DConditionModel
+
+    index = DiffusionPipeline.load_config(source, revision=cfg.revision, local_files_only=cfg.local_files_only)
+    unet = UNet2DConditionModel.load_config(source, subfolder="unet", revision=cfg.revision,
+                                            local_files_only=cfg.local_files_only)
+    return family_of(index, unet)
+
+
+def model_family(pipe) -> str:
+    """'sdxl' for pipelines with a second text encoder, else 'sd'."""
+    return "sdxl" if getattr(pipe, "text_encoder_2", None) is not None else "sd"
+
+
 def load_base_pipeline(cfg: BaseModelConfig):
-    """Load the SDXL pipeline on the configured device and dtype; all weights frozen.
+    """Load the base pipeline (SDXL or SD 1.x/2.x) on the configured device and dtype; all weights frozen.
 
     Returns:
-        A ``StableDiffusionXLPipeline`` whose modules have ``requires_grad=False``.
+        A ``StableDiffusionXLPipeline`` or ``StableDiffusionPipeline`` with ``requires_grad=False``.
     """
-    from diffusers import AutoencoderKL, StableDiffusionXLPipeline
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
@@ -129,26 +168,31 @@ def load_base_pipeline(cfg: BaseModelConfig):
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
     source = ensure_base_model(cfg)
+    family = detect_family(source, cfg)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     extra = {}
     if cfg.vae:
         extra["vae"] = AutoencoderKL.from_pretrained(cfg.vae, dtype=dtype, local_files_only=cfg.local_files_only)
+    if family == "sd":  # no safety checker: we generate for evaluation, and it needs another model
+        extra.update(safety_checker=None, requires_safety_checker=False)
+    cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     try:
-        pipe = StableDiffusionXLPipeline.from_pretrained(
+        pipe = cls.from_pretrained(
             source, dtype=dtype, revision=cfg.revision, variant=cfg.variant,
             local_files_only=cfg.local_files_only, **extra,
         )
     except (OSError, ValueError, TypeError) as err:
-        raise BaseModelError(f"Could not load SDXL base model {source!r}: {err}") from err
+        raise BaseModelError(f"Could not load {family} base model {source!r}: {err}") from err
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
-        module.requires_grad_(False)
-    logger.info("Loaded base model %s on %s (%s), UNet %.1fM parameters", source, device, dtype,
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
+        if module is not None:
+            module.requires_grad_(False)
+    logger.info("Loaded %s base model %s on %s (%s), UNet %.1fM parameters", family, source, device, dtype,
                 sum(p.numel() for p in pipe.unet.parameters()) / 1e6)
     return pipe
 
 
-__all__ = ["BaseModelConfig", "BaseModelError", "ConfigError", "ensure_base_model", "load_base_pipeline",
-           "resolve_device", "resolve_dtype"]
+__all__ = ["BaseModelConfig", "BaseModelError", "ConfigError", "FAMILIES", "detect_family", "ensure_base_model",
+           "load_base_pipeline", "model_family", "resolve_device", "resolve_dtype"]

@@ -136,6 +136,9 @@ def check_against_unet(unet, loras: dict[str, dict[str, LoraFactors]]) -> dict[s
             )
         for path, f in sorted(factors.items()):
             layer = modules.get(path)
+            if layer is None:
+                raise LoraFormatError(f"The {name} LoRA adapts {path}, which this UNet does not have: it was "
+                                      "trained on another base model (e.g. SD 1.5 vs SDXL). Use LoRAs trained on this base.")
             if not isinstance(layer, torch.nn.Linear):
                 raise LoraFormatError(f"The {name} LoRA adapts {path}, which is not a linear layer of this UNet "
                                       "(trained on another base model?).")

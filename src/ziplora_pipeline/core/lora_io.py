@@ -57,12 +57,35 @@ def pack_lora_file(unet_state_dict: dict[str, torch.Tensor], lora_config: dict) 
     return LoraFile(tensors, metadata)
 
 
-def lora_file_from_unet(unet, adapter_name: str) -> LoraFile:
-    """Export one peft adapter of a diffusers UNet as a diffusers-format ``LoraFile``."""
+BASE_MODEL_KEY = "ziplora_pipeline.base_model"  # header entries naming the base the LoRA was trained on
+BASE_FAMILY_KEY = "ziplora_pipeline.base_family"
+
+
+def lora_file_from_unet(unet, adapter_name: str, base_model: str | None = None, family: str | None = None) -> LoraFile:
+    """Export one peft adapter of a diffusers UNet as a diffusers-format ``LoraFile``.
+
+    ``base_model``/``family`` are recorded in the header (other tools ignore extra entries) so a
+    merge can refuse a LoRA trained for another model family with a message that says so.
+    """
     from peft.utils import get_peft_model_state_dict
 
     state = get_peft_model_state_dict(unet, adapter_name=adapter_name)
-    return pack_lora_file(state, unet.peft_config[adapter_name].to_dict())
+    lora = pack_lora_file(state, unet.peft_config[adapter_name].to_dict())
+    if base_model:
+        lora.metadata[BASE_MODEL_KEY] = base_model
+    if family:
+        lora.metadata[BASE_FAMILY_KEY] = family
+    return lora
+
+
+def check_family(lora: LoraFile, family: str, name: str) -> None:
+    """Raise ``LoraFormatError`` when ``lora`` records a base-model family other than ``family``."""
+    trained = lora.metadata.get(BASE_FAMILY_KEY)
+    if trained and trained != family:
+        raise LoraFormatError(
+            f"The {name} was trained on a {trained} base model ({lora.metadata.get(BASE_MODEL_KEY, '?')}), but the "
+            f"base model here is {family}. Retrain it on this base model, or set base_model to the one it was trained on."
+        )
 
 
 def load_lora_file(pipe, lora: LoraFile, adapter_name: str) -> None:

@@ -155,7 +155,10 @@ def train_lora(
     unet.eval()
     if checkpoints:
         checkpoints.clear(key)  # finished: the LoRA itself is the artifact now
-    return TrainingResult(lora_file_from_unet(unet, adapter_name), losses, time.perf_counter() - t0, start)
+    from .base_model import model_family
+
+    lora = lora_file_from_unet(unet, adapter_name, pipe.config.get("_name_or_path"), model_family(pipe))
+    return TrainingResult(lora, losses, time.perf_counter() - t0, start)
 
 
 def _state(unet, adapter_name, optimizer, generator, losses, step) -> dict:

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .config_utils import require
 from .lora_factors import LoraFactors
-from .sdxl import ConceptInputs, noisy_batch, training_scheduler
+from .sdxl import ConceptInputs, batch_conditioning, noisy_batch, unet_call
 from .ziplora import (ZipLoRALinear, attach_ziplora, mean_abs_cosine, merger_parameters, merger_state_dict,
                       overlap_penalty, set_mergers)
 
@@ -81,19 +81,16 @@ class MergeResult:
     final: dict[str, float] = field(default_factory=dict)  # whole-pool terms after the last step
 
 
-def _cond(pools: list[TeacherPool], idx: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+def _cond(pools: list[TeacherPool], idx: list[torch.Tensor]) -> tuple:
     """Concatenate the sampled batch of every concept: (ΣB, C, h, w), (ΣB,), embeds, pooled, time ids."""
     noisy = torch.cat([p.noisy[i] for p, i in zip(pools, idx)])
     t = torch.cat([p.timesteps[i] for p, i in zip(pools, idx)])
-    emb = torch.cat([p.inputs.prompt_embeds.expand(len(i), -1, -1) for p, i in zip(pools, idx)])
-    pooled = torch.cat([p.inputs.pooled_prompt_embeds.expand(len(i), -1) for p, i in zip(pools, idx)])
-    tids = torch.cat([p.inputs.time_ids.expand(len(i), -1) for p, i in zip(pools, idx)])
+    conds = [batch_conditioning(p.inputs, len(i)) for p, i in zip(pools, idx)]
+    emb, pooled, tids = (None if c[0] is None else torch.cat(c) for c in zip(*conds))
     return noisy, t, emb, pooled, tids
 
 
-def _unet(unet, noisy, t, emb, pooled, tids) -> torch.Tensor:
-    return unet(noisy, t, encoder_hidden_states=emb, added_cond_kwargs={"text_embeds": pooled, "time_ids": tids},
-                return_dict=False)[0]
+_unet = unet_call  # (unet, noisy, t, embeds, pooled, time ids) -> prediction
 
 
 @torch.no_grad()
@@ -109,14 +106,11 @@ def build_teacher_pool(unet, wrappers: dict[str, ZipLoRALinear], scheduler, name
         for s in range(0, cfg.teacher_pool, cfg.batch_size):
             sl = slice(s, s + cfg.batch_size)
             b = noisy[sl].shape[0]
-            targets.append(_unet(unet, noisy[sl], t[sl], inputs.prompt_embeds.expand(b, -1, -1),
-                                 inputs.pooled_prompt_embeds.expand(b, -1), inputs.time_ids.expand(b, -1)))
+            targets.append(_unet(unet, noisy[sl], t[sl], *batch_conditioning(inputs, b)))
     target = torch.cat(targets)
     with set_mergers(wrappers, {}):  # all mergers 0: the base model D alone
         base = torch.cat([_unet(unet, noisy[s:s + cfg.batch_size], t[s:s + cfg.batch_size],
-                                inputs.prompt_embeds.expand(len(t[s:s + cfg.batch_size]), -1, -1),
-                                inputs.pooled_prompt_embeds.expand(len(t[s:s + cfg.batch_size]), -1),
-                                inputs.time_ids.expand(len(t[s:s + cfg.batch_size]), -1))
+                                *batch_conditioning(inputs, len(t[s:s + cfg.batch_size])))
                           for s in range(0, cfg.teacher_pool, cfg.batch_size)])
     effect = reconstruction(base, target, cfg.squared_norm).item()
     return TeacherPool(noisy, t, target, inputs, max(effect, 1e-12))

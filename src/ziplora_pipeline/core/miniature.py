@@ -1,4 +1,4 @@
-"""A miniature SDXL with random weights, built offline and saved in diffusers format.
+"""A miniature SDXL (or SD 1.5) with random weights, built offline and saved in diffusers format.
 
 The project's embedded default: every component SDXL has (two CLIP text encoders with
 tokenizers, a ``text_time``-conditioned UNet, a VAE, the SDXL scheduler), only tiny. It is
@@ -26,6 +26,7 @@ class MiniatureSpec:
     """Sizes of the miniature model. Defaults keep a LoRA step at 64 px well under a second."""
 
     seed: int = 0
+    family: str = "sdxl"  # "sdxl", or "sd" for an SD-1.5-shaped model (one text encoder, no text_time)
     text_hidden: int = 32  # each CLIP encoder's width; UNet cross_attention_dim = 2 * this
     text_layers: int = 2
     projection_dim: int = 32  # text_encoder_2 pooled projection (SDXL: 1280)
@@ -63,7 +64,12 @@ def _tokenizer():
 
 
 def build_miniature_sdxl(spec: MiniatureSpec = MiniatureSpec()):
-    """Return a ``StableDiffusionXLPipeline`` with random weights (deterministic in ``spec.seed``)."""
+    """Return a ``StableDiffusionXLPipeline`` with random weights (deterministic in ``spec.seed``).
+
+    With ``spec.family == "sd"`` a ``StableDiffusionPipeline`` shaped like SD 1.5 instead.
+    """
+    if spec.family == "sd":
+        return build_miniature_sd15(spec)
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -115,6 +121,35 @@ def build_miniature_sdxl(spec: MiniatureSpec = MiniatureSpec()):
     )
 
 
+def build_miniature_sd15(spec: MiniatureSpec):
+    """SD-1.5-shaped miniature: one CLIP text encoder, a UNet without ``text_time``, PNDM scheduler."""
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(spec.seed)
+    vocab = len(_byte_vocab())
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        hidden_size=spec.text_hidden, intermediate_size=spec.text_hidden * 2, num_hidden_layers=spec.text_layers,
+        num_attention_heads=4, vocab_size=vocab, max_position_embeddings=77, bos_token_id=vocab - 2,
+        eos_token_id=vocab - 1, pad_token_id=vocab - 1, hidden_act="quick_gelu"))
+    n = len(spec.unet_channels)
+    unet = UNet2DConditionModel(  # SD 1.5: cross-attention in every block but the last, 8 heads
+        sample_size=spec.sample_size // 8, block_out_channels=spec.unet_channels, layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
+        attention_head_dim=4, cross_attention_dim=spec.text_hidden, norm_num_groups=8,
+    )
+    vae = AutoencoderKL(block_out_channels=spec.vae_channels, latent_channels=4, norm_num_groups=8,
+                        down_block_types=("DownEncoderBlock2D",) * len(spec.vae_channels),
+                        up_block_types=("UpDecoderBlock2D",) * len(spec.vae_channels),
+                        sample_size=spec.sample_size, scaling_factor=0.18215)  # SD 1.5 VAE's
+    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              num_train_timesteps=1000, skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=_tokenizer(), unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
 def write_miniature_sdxl(folder: str | Path, spec: MiniatureSpec = MiniatureSpec()) -> Path:
     """Build the miniature SDXL and save it in diffusers format at ``folder`` (atomically).
 
@@ -128,5 +163,5 @@ def write_miniature_sdxl(folder: str | Path, spec: MiniatureSpec = MiniatureSpec
         pipe.save_pretrained(tmp)
         (Path(tmp) / "miniature_spec.json").write_text(json.dumps(spec.__dict__, default=list, indent=2))
         Path(tmp).rename(folder)
-    logger.info("Built miniature SDXL (seed %d) at %s", spec.seed, folder)
+    logger.info("Built miniature %s (seed %d) at %s", spec.family.upper(), spec.seed, folder)
     return folder

@@ -1,7 +1,10 @@
 """SDXL conditioning and the diffusion objective, as small testable functions.
 
 Shapes below use N images, B batch, C=4 latent channels, h=w=resolution/8, L=77 tokens,
-D = cross_attention_dim (2048 on SDXL), P = pooled projection dim (1280 on SDXL).
+D = cross_attention_dim (2048 on SDXL, 768 on SD 1.5), P = pooled projection dim (1280 on SDXL).
+SD 1.x/2.x pipelines have one text encoder and no micro-conditioning: their ``ConceptInputs``
+carry ``pooled_prompt_embeds = time_ids = None`` and every UNet call below then omits
+``added_cond_kwargs``; everything else is shared.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ class ConceptInputs:
     latent_mean: torch.Tensor  # (N, C, h, w), already multiplied by the VAE scaling factor
     latent_std: torch.Tensor  # (N, C, h, w)
     prompt_embeds: torch.Tensor  # (1, L, D)
-    pooled_prompt_embeds: torch.Tensor  # (1, P)
-    time_ids: torch.Tensor  # (1, 6)
+    pooled_prompt_embeds: torch.Tensor | None  # (1, P); None on SD 1.x/2.x
+    time_ids: torch.Tensor | None  # (1, 6); None on SD 1.x/2.x
 
     def sample_latents(self, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Draw VAE latents z ~ N(mean, std) for images ``idx`` -> (B, C, h, w)."""
@@ -35,12 +38,13 @@ class ConceptInputs:
 
 
 @torch.no_grad()
-def encode_prompt(pipe, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both SDXL text encoders -> (prompt_embeds (1, L, D), pooled (1, P))."""
-    embeds, _, pooled, _ = pipe.encode_prompt(
-        prompt=prompt, device=pipe.unet.device, num_images_per_prompt=1, do_classifier_free_guidance=False
-    )
-    return embeds, pooled
+def encode_prompt(pipe, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Both SDXL text encoders -> (prompt_embeds (1, L, D), pooled (1, P)); SD 1.x: (embeds, None)."""
+    out = pipe.encode_prompt(prompt=prompt, device=pipe.unet.device, num_images_per_prompt=1,
+                             do_classifier_free_guidance=False)
+    if getattr(pipe, "text_encoder_2", None) is None:  # StableDiffusionPipeline: (embeds, negative)
+        return out[0], None
+    return out[0], out[2]
 
 
 def time_ids(size: tuple[int, int], crop: tuple[int, int] = (0, 0), target: tuple[int, int] | None = None,
@@ -70,6 +74,8 @@ def encode_concept(pipe, images, prompt: str) -> ConceptInputs:
     embeds, pooled = encode_prompt(pipe, prompt)
     h, w = pixels.shape[-2:]
     dtype = pipe.unet.dtype
+    if pooled is None:
+        return ConceptInputs(mean.to(dtype), std.to(dtype), embeds.to(dtype), None, None)
     return ConceptInputs(mean.to(dtype), std.to(dtype), embeds.to(dtype), pooled.to(dtype),
                          time_ids((h, w), device=pipe.unet.device, dtype=dtype))
 
@@ -84,12 +90,24 @@ def diffusion_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, time
     raise ValueError(f"Unsupported prediction_type {kind!r} in the scheduler config (epsilon or v_prediction).")
 
 
+def unet_call(unet, noisy: torch.Tensor, timesteps: torch.Tensor, embeds: torch.Tensor,
+              pooled: torch.Tensor | None = None, tids: torch.Tensor | None = None) -> torch.Tensor:
+    """UNet noise prediction (B, C, h, w); SDXL's ``added_cond_kwargs`` only when ``pooled`` is given."""
+    extra = {} if pooled is None else {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": tids}}
+    return unet(noisy, timesteps, encoder_hidden_states=embeds, return_dict=False, **extra)[0]
+
+
+def batch_conditioning(inputs: ConceptInputs, b: int) -> tuple:
+    """(embeds (b, L, D), pooled (b, P) | None, time ids (b, 6) | None) for a batch of one concept."""
+    if inputs.pooled_prompt_embeds is None:
+        return inputs.prompt_embeds.expand(b, -1, -1), None, None
+    return (inputs.prompt_embeds.expand(b, -1, -1), inputs.pooled_prompt_embeds.expand(b, -1),
+            inputs.time_ids.expand(b, -1))
+
+
 def unet_predict(unet, noisy: torch.Tensor, timesteps: torch.Tensor, inputs: ConceptInputs) -> torch.Tensor:
-    """One SDXL UNet call on a batch of one concept: (B, C, h, w) -> (B, C, h, w)."""
-    b = noisy.shape[0]
-    cond = {"text_embeds": inputs.pooled_prompt_embeds.expand(b, -1), "time_ids": inputs.time_ids.expand(b, -1)}
-    return unet(noisy, timesteps, encoder_hidden_states=inputs.prompt_embeds.expand(b, -1, -1),
-                added_cond_kwargs=cond, return_dict=False)[0]
+    """One UNet call on a batch of one concept: (B, C, h, w) -> (B, C, h, w)."""
+    return unet_call(unet, noisy, timesteps, *batch_conditioning(inputs, noisy.shape[0]))
 
 
 def training_scheduler(pipe):

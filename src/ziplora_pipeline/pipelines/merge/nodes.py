@@ -11,10 +11,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from ...core.base_model import BaseModelConfig, load_base_pipeline  # noqa: E402
+from ...core.base_model import BaseModelConfig, load_base_pipeline, model_family  # noqa: E402
 from ...core.config_utils import from_dict  # noqa: E402
 from ...core.lora_factors import check_against_unet, unet_lora_factors  # noqa: E402
-from ...core.lora_io import LoraFile  # noqa: E402
+from ...core.lora_io import LoraFile, check_family  # noqa: E402
 from ...core.merge import MergeConfig, ziplora_merge  # noqa: E402
 from ...core.merge_analysis import column_alignment, merger_cosines, pruning_effect, sparsity, summarise  # noqa: E402
 from ...core.merge_export import factors_to_lora_file, merged_factors, to_kohya  # noqa: E402
@@ -25,10 +25,14 @@ logger = logging.getLogger(__name__)
 NAMES = ("subject", "style")
 
 
-def _factors(subject_lora: LoraFile, style_lora: LoraFile, unet) -> dict:
+def _factors(subject_lora: LoraFile, style_lora: LoraFile, pipe) -> dict:
+    """Parse both LoRAs and check they were trained for this base model (family, layer shapes)."""
+    family = model_family(pipe)
+    check_family(subject_lora, family, "subject LoRA")
+    check_family(style_lora, family, "style LoRA")
     loras = {"subject": unet_lora_factors(subject_lora, "subject LoRA"),
              "style": unet_lora_factors(style_lora, "style LoRA")}
-    check_against_unet(unet, loras)
+    check_against_unet(pipe.unet, loras)
     return loras
 
 
@@ -42,7 +46,7 @@ def zip_merge(subject_lora: LoraFile, style_lora: LoraFile, subject_images: dict
     """
     cfg = from_dict(MergeConfig, merge_params, "merge")
     pipe = load_base_pipeline(from_dict(BaseModelConfig, base_params, "base_model"))
-    loras = _factors(subject_lora, style_lora, pipe.unet)
+    loras = _factors(subject_lora, style_lora, pipe)
     inputs = {"subject": encode_concept(pipe, [subject_images[k] for k in sorted(subject_images)], subject_prompt["prompt"]),
               "style": encode_concept(pipe, [style_images[k] for k in sorted(style_images)], style_prompt["prompt"])}
     log = step_logger("merge")
@@ -68,7 +72,7 @@ def direct_merge(subject_lora: LoraFile, style_lora: LoraFile, merge_params: dic
     """The reference: ΔW = w_c ΔW_c + w_s ΔW_s, exported exactly like the ZipLoRA merge."""
     cfg = from_dict(MergeConfig, merge_params, "merge")
     pipe = load_base_pipeline(from_dict(BaseModelConfig, base_params, "base_model"))
-    loras = _factors(subject_lora, style_lora, pipe.unet)
+    loras = _factors(subject_lora, style_lora, pipe)
     w_c, w_s = cfg.direct_weights
     merged = factors_to_lora_file(merged_factors(loras, None, {"subject": w_c, "style": w_s}),
                                   description=f"direct merge, weights subject={w_c}, style={w_s}")
@@ -86,7 +90,7 @@ def analyse_merge(subject_lora: LoraFile, style_lora: LoraFile, mergers: dict[st
                   base_params: dict) -> tuple[dict, plt.Figure]:
     """Column alignment, merger overlap before/after, sparsity and pruning effect (paper §3)."""
     pipe = load_base_pipeline(from_dict(BaseModelConfig, base_params, "base_model"))
-    loras = _factors(subject_lora, style_lora, pipe.unet)
+    loras = _factors(subject_lora, style_lora, pipe)
     align = column_alignment(loras["subject"], loras["style"])
     after = merger_cosines(mergers, NAMES)
     inputs = encode_concept(pipe, [subject_images[k] for k in sorted(subject_images)], subject_prompt["prompt"])
