@@ -165,3 +165,27 @@ def write_miniature_sdxl(folder: str | Path, spec: MiniatureSpec = MiniatureSpec
         Path(tmp).rename(folder)
     logger.info("Built miniature %s (seed %d) at %s", spec.family.upper(), spec.seed, folder)
     return folder
+
+
+def build_sdxl_from_configs(device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0):
+    """A full-size SDXL-architecture pipeline (UNet 2.6B, both text encoders, VAE) with random weights.
+
+    Built from SDXL 1.0's own configs, shipped in ``core/configs/sdxl/`` so that nothing is
+    downloaded; modules are created directly on ``device`` (no 10 GB fp32 detour through the
+    CPU). For speed and memory checks only: the tokenizer is the offline byte-level one.
+    """
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    folder = Path(__file__).parent / "configs" / "sdxl"
+    cfg = {name: json.loads((folder / f"{name}.json").read_text())
+           for name in ("unet", "vae", "text_encoder", "text_encoder_2", "scheduler")}
+    torch.manual_seed(seed)
+    with torch.device(device):
+        unet = UNet2DConditionModel.from_config(cfg["unet"]).to(dtype)
+        vae = AutoencoderKL.from_config(cfg["vae"]).to(dtype)
+        te = CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"])).to(dtype)
+        te2 = CLIPTextModelWithProjection(CLIPTextConfig(**cfg["text_encoder_2"])).to(dtype)
+    tok = _tokenizer()
+    return StableDiffusionXLPipeline(vae=vae, text_encoder=te, text_encoder_2=te2, tokenizer=tok, tokenizer_2=tok,
+                                     unet=unet, scheduler=EulerDiscreteScheduler.from_config(cfg["scheduler"]))
