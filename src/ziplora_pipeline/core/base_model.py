@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,7 @@ class BaseModelConfig:
     device: str = "auto"  # auto = cuda > mps > cpu
     vae: str | None = None  # optional replacement VAE (e.g. madebyollin/sdxl-vae-fp16-fix)
     local_files_only: bool = False  # true keeps the hub offline (HF_HUB_OFFLINE=1 does the same)
+    cpu_offload: bool = False  # generation on small GPUs: enable_model_cpu_offload (whole modules move per call)
 
     def __post_init__(self):
         require(self.dtype == "auto" or self.dtype in _DTYPES,
@@ -59,8 +61,8 @@ class BaseModelConfig:
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks cuda > mps > cpu; an explicit device that is absent is an error."""
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
+        if torch.cuda.is_available():  # one GPU per process under `accelerate launch`/torchrun
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -153,11 +155,13 @@ def model_family(pipe) -> str:
     return "sdxl" if getattr(pipe, "text_encoder_2", None) is not None else "sd"
 
 
-def load_base_pipeline(cfg: BaseModelConfig):
+def load_base_pipeline(cfg: BaseModelConfig, for_inference: bool = False):
     """Load the base pipeline (SDXL or SD 1.x/2.x) on the configured device and dtype; all weights frozen.
 
     Returns:
         A ``StableDiffusionXLPipeline`` or ``StableDiffusionPipeline`` with ``requires_grad=False``.
+        With ``for_inference`` and ``cfg.cpu_offload`` on CUDA, modules stay on the CPU and move to
+        the GPU one at a time (``enable_model_cpu_offload``): peak memory ~ the UNet alone.
     """
     from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline
 
@@ -184,7 +188,10 @@ def load_base_pipeline(cfg: BaseModelConfig):
         )
     except (OSError, ValueError, TypeError) as err:
         raise BaseModelError(f"Could not load {family} base model {source!r}: {err}") from err
-    pipe.to(device)
+    if for_inference and cfg.cpu_offload and device.type == "cuda":
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     for module in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
         if module is not None:

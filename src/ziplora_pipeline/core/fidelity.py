@@ -18,8 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .lora_io import LoraFile
-from .methods import LoraOptions, MethodSpec
+from .methods import MethodAssets, MethodSpec, lora_applied
 from .sdxl import ConceptInputs, encode_concept, noisy_batch, training_scheduler, unet_predict
 
 CONCEPTS = ("subject", "style")
@@ -61,26 +60,21 @@ def predict(unet, probe: Probe, batch_size: int = 8) -> torch.Tensor:
     return torch.cat(outs).float().cpu()
 
 
-def _predictions(pipe, spec: MethodSpec | None, loras: dict[str, LoraFile], probes: dict[str, Probe],
-                 batch_size: int) -> dict[str, torch.Tensor]:
-    if spec is None:
-        return {c: predict(pipe.unet, p, batch_size) for c, p in probes.items()}
-    with spec.applied(pipe, loras):
-        return {c: predict(pipe.unet, p, batch_size) for c, p in probes.items()}
-
-
-def fidelity_table(pipe, specs: dict[str, MethodSpec], loras: dict[str, LoraFile], probes: dict[str, Probe],
+def fidelity_table(pipe, specs: dict[str, MethodSpec], assets: MethodAssets, probes: dict[str, Probe],
                    batch_size: int = 8) -> dict[str, dict[str, float]]:
     """{method: {"subject_fidelity": F_c, "style_fidelity": F_s}} for every method in ``specs``.
 
-    ``loras`` holds the subject and style LoRA files (the references L_c, L_s) and whatever the
-    methods load; ``probes`` holds the fixed subject and style inputs.
+    The references L_c, L_s are ``assets.subject`` and ``assets.style``; ``probes`` holds the
+    fixed subject and style inputs, the same for every method.
     """
-    base = _predictions(pipe, None, loras, probes, batch_size)
-    refs = {c: _predictions(pipe, MethodSpec(f"{c}_reference", "lora", LoraOptions(c)), loras, {c: probes[c]},
-                            batch_size)[c] for c in CONCEPTS}
+    base = {c: predict(pipe.unet, p, batch_size) for c, p in probes.items()}
+    refs = {}
+    for c, lora in (("subject", assets.subject), ("style", assets.style)):
+        with lora_applied(pipe, f"{c}_reference", lora):
+            refs[c] = predict(pipe.unet, probes[c], batch_size)
     table = {}
     for name, spec in specs.items():
-        preds = _predictions(pipe, spec, loras, probes, batch_size)
+        with spec.applied(pipe, assets):
+            preds = {c: predict(pipe.unet, p, batch_size) for c, p in probes.items()}
         table[name] = {f"{c}_fidelity": output_fidelity(preds[c], refs[c], base[c]) for c in CONCEPTS}
     return table

@@ -102,16 +102,14 @@ class DenoisingClock:
 class KLoRALinear(nn.Module):
     """A frozen linear layer plus a subject and a style LoRA, one of them applied per sample."""
 
-    def __init__(self, base: nn.Linear, subject: LoraFactors, style: LoraFactors, cfg: KLoraConfig, gamma: float,
-                 clock: DenoisingClock):
+    def __init__(self, base: nn.Linear, subject: LoraFactors, style: LoraFactors, scores: tuple[float, float],
+                 cfg: KLoraConfig, gamma: float, clock: DenoisingClock):
         super().__init__()
-        self.base, self.cfg, self.gamma, self.clock = base, cfg, gamma, clock
+        self.base, self.scores, self.cfg, self.gamma, self.clock = base, scores, cfg, gamma, clock
         dtype, device = base.weight.dtype, base.weight.device
         for name, f in (("subject", subject), ("style", style)):
             self.register_buffer(f"A_{name}", f.A.to(device, dtype), persistent=False)  # (r, in)
             self.register_buffer(f"B_{name}", (f.B.float() * f.scale).to(device, dtype), persistent=False)  # (out, r)
-        # Top-k scores do not depend on the input: computed once per layer.
-        self.scores = (topk_score(subject.delta(), cfg.top_k), topk_score(style.delta(), cfg.top_k))
 
     def _lora(self, name: str, x: torch.Tensor) -> torch.Tensor:
         return F.linear(F.linear(x, getattr(self, f"A_{name}")), getattr(self, f"B_{name}"))  # (..., out)
@@ -136,20 +134,33 @@ class SingleLoRALinear(nn.Module):
 
 
 class KLoRA:
-    """Attach K-LoRA to a UNet (``attach``), use it, then restore the original layers (``detach``)."""
+    """K-LoRA for two LoRAs: ``attach`` to a UNet, use it, ``detach`` restores the original layers.
+
+    Construction does all of K-LoRA's "merging": γ and each shared layer's top-k scores (they do
+    not depend on the input), so timing it is timing the method's preparation.
+    """
 
     def __init__(self, subject: dict[str, LoraFactors], style: dict[str, LoraFactors], cfg: KLoraConfig = KLoraConfig()):
         self.subject, self.style, self.cfg = subject, style, cfg
         self.gamma = cfg.gamma if cfg.gamma is not None else magnitude_ratio(subject, style)
+        self.scores = {p: (topk_score(subject[p].delta(), cfg.top_k), topk_score(style[p].delta(), cfg.top_k))
+                       for p in sorted(set(subject) & set(style))}
         self._originals: dict[str, nn.Module] = {}
         self._hook = None
+
+    def choices(self, progress: float) -> dict[str, str]:
+        """{layer: "subject" | "style"} at denoising progress τ (0 = first step, 1 = last)."""
+        tau = torch.tensor([progress])
+        return {p: "subject" if bool(use_subject(*sc, tau, self.cfg, self.gamma)[0]) else "style"
+                for p, sc in self.scores.items()}
 
     def attach(self, unet: nn.Module, num_train_timesteps: int = 1000) -> KLoRA:
         clock = DenoisingClock(num_train_timesteps)
         for path in sorted(set(self.subject) | set(self.style)):
             base = unet.get_submodule(path)
             c, s = self.subject.get(path), self.style.get(path)
-            wrapper = KLoRALinear(base, c, s, self.cfg, self.gamma, clock) if c and s else SingleLoRALinear(base, c or s)
+            wrapper = (KLoRALinear(base, c, s, self.scores[path], self.cfg, self.gamma, clock) if c and s
+                       else SingleLoRALinear(base, c or s))
             self._originals[path] = base
             _replace(unet, path, wrapper)
         self._hook = unet.register_forward_pre_hook(clock.hook, with_kwargs=True)

@@ -42,6 +42,7 @@ class LoraTrainingConfig:
     gradient_checkpointing: bool = False
     checkpoint_every: int = 10  # steps between resumable checkpoints; 0 disables
     cache_latents: bool = True  # encode images/prompts once (False re-encodes each step: benchmark only)
+    optimizer: str = "adamw"  # adamw | adamw8bit (bitsandbytes, CUDA only; saves optimizer memory)
 
     def __post_init__(self):
         require(self.rank > 0, f"lora.rank must be a positive integer, got {self.rank}. Typical: 4-128.")
@@ -54,6 +55,7 @@ class LoraTrainingConfig:
         require(self.mixed_precision in ("no", "fp16", "bf16"),
                 f"lora.mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}.")
         require(len(self.target_modules) > 0, "lora.target_modules must name at least one module.")
+        require(self.optimizer in ("adamw", "adamw8bit"), f"lora.optimizer must be adamw or adamw8bit, got {self.optimizer!r}.")
 
     @property
     def lora_alpha(self) -> float:
@@ -66,6 +68,7 @@ class TrainingResult:
     losses: list[float]  # one per optimizer step
     seconds: float
     resumed_from: int  # 0 when trained from scratch
+    processes: int = 1  # data-parallel processes (accelerate launch)
 
 
 def add_lora_adapter(unet, cfg: LoraTrainingConfig, adapter_name: str) -> list[torch.nn.Parameter]:
@@ -87,12 +90,6 @@ def add_lora_adapter(unet, cfg: LoraTrainingConfig, adapter_name: str) -> list[t
     return params
 
 
-def _autocast(device: torch.device, mixed_precision: str):
-    if mixed_precision == "no" or device.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if mixed_precision == "bf16" else torch.float16)
-
-
 def diffusion_loss(unet, scheduler, inputs: ConceptInputs, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """DreamBooth objective: MSE between the UNet's prediction and the diffusion target."""
     latents = inputs.sample_latents(idx, generator)  # (B, C, h, w)
@@ -101,9 +98,37 @@ def diffusion_loss(unet, scheduler, inputs: ConceptInputs, idx: torch.Tensor, ge
     return F.mse_loss(pred.float(), diffusion_target(scheduler, latents, noise, t).float())
 
 
+def make_accelerator(cfg: LoraTrainingConfig, device: torch.device):
+    """An ``accelerate.Accelerator`` for this run: single process by default; under
+    ``accelerate launch`` with several GPUs it wraps the UNet in DDP (one process per GPU).
+
+    ``AcceleratorState`` is a process-wide singleton: a second run in the same process (tests,
+    notebooks) with another mixed-precision setting resets it, keeping the process group.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    mixed = cfg.mixed_precision if device.type == "cuda" else "no"  # autocast only on CUDA
+    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != mixed:
+        AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(mixed_precision=mixed, cpu=device.type == "cpu", device_placement=False)
+
+
+def make_optimizer(params, cfg: LoraTrainingConfig):
+    """AdamW, or bitsandbytes' 8-bit AdamW when asked for and installed (saves ~3/4 of the optimizer state)."""
+    if cfg.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError as err:
+            raise ImportError("lora.optimizer: adamw8bit needs bitsandbytes (pip install bitsandbytes, CUDA only); "
+                              "or set lora.optimizer: adamw.") from err
+        return bnb.optim.AdamW8bit(params, lr=cfg.learning_rate, weight_decay=1e-4)
+    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=1e-4)
+
+
 def train_lora(
     pipe,
-    inputs: ConceptInputs | Callable[[], ConceptInputs],
+    inputs: ConceptInputs | list[ConceptInputs] | Callable[[], ConceptInputs | list[ConceptInputs]],
     cfg: LoraTrainingConfig,
     adapter_name: str,
     checkpoints: CheckpointStore | None = None,
@@ -112,9 +137,15 @@ def train_lora(
 ) -> TrainingResult:
     """Train one LoRA adapter on ``pipe.unet`` and export it as a diffusers-format ``LoraFile``.
 
+    Runs under Hugging Face ``accelerate``: plain single-process by default, data-parallel when
+    started with ``accelerate launch`` (see scripts/train_lora.py); each process then draws its
+    own samples (seed + process index) and only the main process writes checkpoints.
+
     Args:
         inputs: the encoded concept, or a function that encodes it (called every step when
-            ``cfg.cache_latents`` is false, to measure what caching saves).
+            ``cfg.cache_latents`` is false, to measure what caching saves). A list of encoded
+            groups (each with its own images and prompt: joint training) is trained on in turn,
+            one group per micro-batch (``_group``).
         checkpoints: where to save/resume; the run key hashes ``cfg`` and ``key_parts``.
         on_step: called with (step, loss) after each optimizer step (e.g. MLflow logging).
     """
@@ -126,39 +157,59 @@ def train_lora(
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     unet.train()
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=1e-4)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    key = run_key(dataclasses.asdict(cfg), adapter_name, *key_parts)
+    accelerator = make_accelerator(cfg, device)
+    optimizer = make_optimizer(params, cfg)
+    generator = torch.Generator().manual_seed(cfg.seed + accelerator.process_index)
+    world = (f"world_size={accelerator.num_processes}",) if accelerator.num_processes > 1 else ()
+    key = run_key(dataclasses.asdict(cfg), adapter_name, *key_parts, *world)
     start, losses = _maybe_resume(checkpoints, key, cfg, unet, adapter_name, optimizer, generator)
-    n_images = (cached or encode()).latent_mean.shape[0]
+    model, optimizer = accelerator.prepare(unet, optimizer)  # DDP wrapper only with several processes
     t0 = time.perf_counter()
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"LoRA {adapter_name}", leave=False,
-               disable=None)  # None: a bar on terminals, silent in CI logs
+               disable=None if accelerator.is_main_process else True)  # None: a bar on terminals only
     for step in bar:
-        optimizer.zero_grad(set_to_none=True)
-        total = 0.0
-        for _ in range(cfg.gradient_accumulation_steps):
-            batch_inputs = cached or encode()
-            idx = torch.randint(0, n_images, (cfg.batch_size,), generator=generator)
-            with _autocast(device, cfg.mixed_precision):
-                loss = diffusion_loss(unet, scheduler, batch_inputs, idx, generator)
-            (loss / cfg.gradient_accumulation_steps).backward()
-            total += loss.item() / cfg.gradient_accumulation_steps
-        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        optimizer.step()
+        total = _optimizer_step(accelerator, model, optimizer, params, scheduler, cached or encode, step, cfg,
+                                generator)
         losses.append(total)
         bar.set_postfix(loss=f"{total:.4f}")
-        if on_step:
+        if on_step and accelerator.is_main_process:
             on_step(step + 1, total)
-        if checkpoints and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+        due = cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps
+        if checkpoints and due and accelerator.is_main_process:
             checkpoints.save(key, step + 1, _state(unet, adapter_name, optimizer, generator, losses, step + 1))
     unet.eval()
-    if checkpoints:
+    accelerator.wait_for_everyone()
+    if checkpoints and accelerator.is_main_process:
         checkpoints.clear(key)  # finished: the LoRA itself is the artifact now
     from .base_model import model_family
 
-    lora = lora_file_from_unet(unet, adapter_name, pipe.config.get("_name_or_path"), model_family(pipe))
-    return TrainingResult(lora, losses, time.perf_counter() - t0, start)
+    lora = lora_file_from_unet(accelerator.unwrap_model(model), adapter_name, pipe.config.get("_name_or_path"),
+                               model_family(pipe))
+    return TrainingResult(lora, losses, time.perf_counter() - t0, start, accelerator.num_processes)
+
+
+def _optimizer_step(accelerator, model, optimizer, params, scheduler, get_inputs, step, cfg, generator) -> float:
+    """One optimizer step over ``gradient_accumulation_steps`` micro-batches; returns the mean loss."""
+    optimizer.zero_grad(set_to_none=True)
+    total, k = 0.0, cfg.gradient_accumulation_steps
+    for micro in range(k):
+        inputs = _group(get_inputs() if callable(get_inputs) else get_inputs, step * k + micro)
+        idx = torch.randint(0, inputs.latent_mean.shape[0], (cfg.batch_size,), generator=generator)
+        sync = contextlib.nullcontext() if micro == k - 1 else accelerator.no_sync(model)  # all-reduce once
+        with sync, accelerator.autocast():
+            loss = diffusion_loss(model, scheduler, inputs, idx, generator)
+            accelerator.backward(loss / k)
+        total += loss.item() / k
+    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+    optimizer.step()
+    return total
+
+
+def _group(inputs: ConceptInputs | list[ConceptInputs], micro_step: int) -> ConceptInputs:
+    """The group a micro-batch trains on. Groups alternate, so each gets an equal share of the steps
+    whatever its image count (joint training sees the one style image as often as the subject
+    photos; sampling images uniformly would give it 1/(N+1) of the steps). One group: itself."""
+    return inputs[micro_step % len(inputs)] if isinstance(inputs, list) else inputs
 
 
 def _state(unet, adapter_name, optimizer, generator, losses, step) -> dict:

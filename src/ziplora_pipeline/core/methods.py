@@ -16,7 +16,6 @@ put the method on a pipeline's UNet and take it off again:
 from __future__ import annotations
 
 import difflib
-import io
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -46,10 +45,25 @@ DEFAULT_METHODS: dict[str, dict] = {
 }
 
 
-def _adapter_on(pipe, name: str, lora: LoraFile, scale: float = 1.0):
-    """Load ``lora`` as the only active adapter; ``unload_lora_weights`` restores the plain UNet."""
+@dataclass
+class MethodAssets:
+    """What methods load: ``files[<method name>]`` for file-backed methods (``build_method_files``),
+    and the subject and style LoRAs (K-LoRA fuses them at run time)."""
+
+    files: dict[str, LoraFile]
+    subject: LoraFile
+    style: LoraFile
+
+
+@contextmanager
+def lora_applied(pipe, name: str, lora: LoraFile, scale: float = 1.0) -> Iterator[None]:
+    """``lora`` as the only active adapter inside; ``unload_lora_weights`` restores the plain UNet after."""
     load_lora_file(pipe, lora, name)
     pipe.set_adapters([name], [scale])
+    try:
+        yield
+    finally:
+        pipe.unload_lora_weights()
 
 
 @dataclass(frozen=True)
@@ -57,7 +71,7 @@ class BaseOptions:
     """The base model alone."""
 
     @contextmanager
-    def applied(self, pipe, name: str, loras: dict[str, LoraFile]) -> Iterator[None]:
+    def applied(self, pipe, name: str, assets: MethodAssets) -> Iterator[None]:
         yield
 
 
@@ -71,25 +85,15 @@ class LoraOptions:
     def __post_init__(self):
         require(self.source in LORA_SOURCES, f"lora source {self.source!r} is not one of {list(LORA_SOURCES)}.")
 
-    @contextmanager
-    def applied(self, pipe, name: str, loras: dict[str, LoraFile]) -> Iterator[None]:
-        _adapter_on(pipe, name, loras[self.source], self.scale)
-        try:
-            yield
-        finally:
-            pipe.unload_lora_weights()
+    def applied(self, pipe, name: str, assets: MethodAssets):
+        return lora_applied(pipe, name, assets.files[name], self.scale)  # a copy of the source file
 
 
 class _BuiltLora:
-    """Kinds whose LoRA file ``build_method_lora`` makes; ``loras[<method name>]`` holds it."""
+    """Kinds whose LoRA file ``build_method_lora`` makes; ``assets.files[<method name>]`` holds it."""
 
-    @contextmanager
-    def applied(self, pipe, name: str, loras: dict[str, LoraFile]) -> Iterator[None]:
-        _adapter_on(pipe, name, loras[name])
-        try:
-            yield
-        finally:
-            pipe.unload_lora_weights()
+    def applied(self, pipe, name: str, assets: MethodAssets):
+        return lora_applied(pipe, name, assets.files[name])
 
 
 @dataclass(frozen=True)
@@ -110,9 +114,9 @@ class KLoraOptions(KLoraConfig):
     """K-LoRA on the subject and style LoRAs (see core.k_lora)."""
 
     @contextmanager
-    def applied(self, pipe, name: str, loras: dict[str, LoraFile]) -> Iterator[None]:
-        klora = KLoRA(unet_lora_factors(loras["subject"], "subject LoRA"),
-                      unet_lora_factors(loras["style"], "style LoRA"), self)
+    def applied(self, pipe, name: str, assets: MethodAssets) -> Iterator[None]:
+        klora = KLoRA(unet_lora_factors(assets.subject, "subject LoRA"), unet_lora_factors(assets.style, "style LoRA"),
+                      self)
         with klora.attach(pipe.unet, pipe.scheduler.config.num_train_timesteps):
             yield
 
@@ -129,13 +133,15 @@ class MethodSpec:
     options: Any  # one of KINDS' classes
     enabled: bool = True
 
-    def applied(self, pipe, loras: dict[str, LoraFile]):
+    def applied(self, pipe, assets: MethodAssets):
         """Context manager: the method on ``pipe.unet`` inside, the plain UNet again after."""
-        return self.options.applied(pipe, self.name, loras)
+        return self.options.applied(pipe, self.name, assets)
 
 
 def parse_method(name: str, raw: dict | None, where: str = "generation.methods") -> MethodSpec:
     """``{kind, enabled, **options}`` -> ``MethodSpec``; an unknown name/kind lists the valid ones."""
+    require(raw is None or isinstance(raw, dict),
+            f"{where}.{name} must be a mapping such as {{kind: peft, combination_type: ties}}, got {raw!r}.")
     raw = dict(raw or {})
     kind = raw.pop("kind", name)
     enabled = raw.pop("enabled", True)
@@ -155,27 +161,3 @@ def parse_methods(raw: dict[str, dict], where: str = "generation.methods") -> di
     require(any(s.enabled for s in specs.values()),
             f"{where}: every method is switched off; enable at least one of {sorted(specs) or sorted(DEFAULT_METHODS)}.")
     return specs
-
-
-def build_method_lora(spec: MethodSpec, loras: dict[str, LoraFile], mergers: dict | None = None,
-                      peft_merger=None) -> LoraFile:
-    """The LoRA file of a ``ziplora`` or ``peft`` method (other kinds have none to build)."""
-    from .merge_export import factors_to_lora_file, merged_factors
-
-    if spec.kind == "ziplora":
-        require(mergers is not None, f"method {spec.name} needs the ZipLoRA mergers (run the merge pipeline).")
-        factors = {n: unet_lora_factors(loras[n], f"{n} LoRA") for n in ("subject", "style")}
-        strengths = {"subject": spec.options.subject_scale, "style": spec.options.style_scale}
-        return factors_to_lora_file(merged_factors(factors, mergers, strengths),
-                                    description=f"ZipLoRA, strengths {strengths}")
-    if spec.kind == "peft":
-        return peft_merger.merge(spec.options, spec.name)
-    raise ValueError(f"method {spec.name} (kind {spec.kind}) has no LoRA file to build.")
-
-
-def lora_file_mb(lora: LoraFile) -> float:
-    """Size of ``lora`` as a safetensors file, in MiB (serialised in memory, exactly as saved)."""
-    from safetensors.torch import save
-
-    buf = io.BytesIO(save({k: v.contiguous() for k, v in lora.state_dict.items()}, metadata=lora.metadata))
-    return buf.getbuffer().nbytes / 2**20

@@ -8,6 +8,7 @@ from typing import Callable
 from PIL import Image
 
 from ...core.config_utils import from_dict
+from ...core.contact_sheet import check_same_size
 from ...core.images import ImageInputError, prepare_image
 from ...params import ConceptDataConfig
 
@@ -62,3 +63,25 @@ def prepare_subject(partitions: dict[str, Callable[[], bytes]], params: dict, re
 def prepare_style(partitions: dict[str, Callable[[], bytes]], params: dict, resolution: int):
     """The style exemplar from ``data/01_raw/styles/<folder>/``."""
     return prepare_concept(partitions, params, resolution, "style", "data/01_raw/styles")
+
+
+def combine_for_joint(subject_images: dict[str, Image.Image], subject_prompt: dict, style_images: dict[str, Image.Image],
+                      style_prompt: dict) -> tuple[dict[str, Image.Image], dict]:
+    """Joint training's data (the paper's second baseline): the subject photos and the style image in one
+    set, each group keeping its own DreamBooth prompt (``groups``); the trainer alternates the groups.
+
+    Raises:
+        ImageInputError: the subject and style images differ in size (both are named).
+    """
+    images = {f"subject_{k}": v for k, v in subject_images.items()} | {f"style_{k}": v for k, v in style_images.items()}
+    try:
+        check_same_size(images, "joint-training images (subject and style)")
+    except ValueError as err:
+        raise ImageInputError(str(err)) from err
+    groups = [{"prompt": p["prompt"], "images": sorted(f"{c}_{k}" for k in imgs)}
+              for c, p, imgs in (("subject", subject_prompt, subject_images), ("style", style_prompt, style_images))]
+    prompt = {"concept": "joint", "prompt": f"{subject_prompt['prompt']} | {style_prompt['prompt']}", "groups": groups,
+              "images": sorted(images), "resolution": subject_prompt.get("resolution")}
+    logger.info("Joint training set: %d subject + %d style image(s), prompts %r and %r", len(subject_images),
+                len(style_images), subject_prompt["prompt"], style_prompt["prompt"])
+    return images, prompt

@@ -1,0 +1,86 @@
+"""The comparison report: one table, one chart, the contact sheets, and the paper's figures beside ours."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .evaluation import METRICS, headline  # noqa: E402
+
+# ZipLoRA paper (Shah et al. 2023), Table 2: mean cosine similarities over 4 subjects × 8 styles on SDXL.
+PAPER_TABLE2 = pd.DataFrame([
+    ("ZipLoRA", 0.699, 0.420, 0.303),
+    ("Joint training", 0.680, 0.378, 0.296),
+    ("Direct merge", 0.702, 0.357, 0.275),
+], columns=["method (paper)", "style: CLIP-I vs style image", "subject: DINO vs subject images", "text: CLIP-T"])
+PAPER_COST = "ZipLoRA merge 560 s and 21 GB on one A100; joint training 3540 s (paper §5)."
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """GitHub markdown; empty cells where a figure does not apply."""
+    return frame.to_markdown(index=False, floatfmt=".3f", missingval="")
+
+
+def metrics_chart(frame: pd.DataFrame) -> plt.Figure:
+    """Grouped bars: one group per method, one bar per metric that has any value."""
+    metrics = [m for m in METRICS if frame[m].notna().any()]
+    x = np.arange(len(frame))
+    width = 0.8 / max(len(metrics), 1)
+    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(frame) + 2), 4.5))
+    for i, m in enumerate(metrics):
+        ax.bar(x + (i - (len(metrics) - 1) / 2) * width, frame[m].fillna(0).to_numpy(), width, label=m)
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.set_xticks(x, frame["method"], rotation=35, ha="right")
+    ax.set(ylabel="score (higher is better)", title="Methods × metrics (empty bars: not measured)")
+    ax.legend(fontsize=8, ncols=min(len(metrics), 3))
+    fig.tight_layout()
+    return fig
+
+
+def _encoder_section(random: list[str], notes: list[str], encoders: dict[str, str]) -> list[str]:
+    lines = ["## Image metrics: where they come from", ""]
+    lines += [f"- {kind.upper()}: `{name}`" for kind, name in encoders.items()]
+    if random:
+        lines += ["", f"**Warning: the {' and '.join(k.upper() for k in random)} encoder(s) are tiny models with random "
+                      "weights**, built offline so that the code path runs (the embedded default). Their scores "
+                      "(`clip_style`, `dino_subject`, `clip_text`, `harmonic`) **mean nothing**; only the output "
+                      "fidelity columns carry information here. Configure real encoders (`conf/sdxl`: "
+                      "openai/clip-vit-large-patch14, facebook/dino-vits16) for meaningful image metrics."]
+    lines += [f"\n**Skipped:** {n}" for n in notes]
+    return lines
+
+
+def render_report(frame: pd.DataFrame, *, compare: tuple[str, str], sheets: list[str], chart: str,
+                  random_encoders: list[str], encoder_notes: list[str], encoders: dict[str, str],
+                  run: dict) -> str:
+    """The markdown report; ``sheets`` and ``chart`` are file names in the report's folder."""
+    lines = [
+        "# ZipLoRA comparison report", "",
+        f"Run `{run.get('version', '?')}` · base model `{run.get('base_model', '?')}` · "
+        f"{run.get('steps', '?')} denoising steps at {run.get('resolution', '?')} px · seeds {run.get('seeds', '?')}", "",
+        f"**{headline(frame, *compare)}**", "",
+        "## Metrics (this run)", "",
+        "Output fidelity F_c = 1 − ‖ε_method − ε_{L_c}‖ / ‖ε_base − ε_{L_c}‖ on the concept's own noisy latents "
+        "and prompt (the quantity ZipLoRA's Eq. 3 optimises): 1 = identical to the concept's LoRA, 0 = no better "
+        "than the base model. Image metrics average over the prompt groups "
+        f"{run.get('image_groups', '?')}. Cost: `merge_seconds` is the merge (ZipLoRA: learning the mergers; "
+        "joint: training the joint LoRA; PEFT: add_weighted_adapter; K-LoRA: its per-layer top-k scores), "
+        "`peak_mb` its peak memory (`memory_kind` says which: on CPU the growth of the process' peak resident "
+        "set, an upper bound; on CUDA allocated tensor memory), `file_mb` the LoRA file (K-LoRA: both LoRAs).", "",
+        markdown_table(frame), "",
+        f"![methods × metrics]({chart})", "",
+        "## For reference: the paper's Table 2 (not this run)", "",
+        "Figures from Shah et al., *ZipLoRA*, Table 2 (SDXL, real CLIP/DINO encoders, 4 subjects × 8 styles). "
+        "They are **the paper's numbers, not ours**.", "",
+        PAPER_TABLE2.to_markdown(index=False, floatfmt=".3f"), "",
+        f"Paper's cost figures: {PAPER_COST}", "",
+        *_encoder_section(random_encoders, encoder_notes, encoders), "",
+        "## Contact sheets", "",
+        "Rows: prompts (group and text); columns: methods; the same seed for every cell of a sheet.", "",
+    ]
+    lines += [f"![{s}]({s})\n" for s in sheets]
+    return "\n".join(lines)

@@ -1,0 +1,215 @@
+"""The compared methods on the miniature model: PEFT merges, K-LoRA, output fidelity, generation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ziplora_pipeline.core.base_model import load_base_pipeline
+from ziplora_pipeline.core.config_utils import ConfigError
+from ziplora_pipeline.core.fidelity import fidelity_table, make_probe, output_fidelity, predict
+from ziplora_pipeline.core.generation import GenerationConfig, generate, image_name
+from ziplora_pipeline.core.images import square_resize
+from ziplora_pipeline.core.k_lora import KLoRA, KLoraConfig, choose, magnitude_ratio
+from ziplora_pipeline.core.lora_factors import LoraFactors, unet_lora_factors
+from ziplora_pipeline.core.lora_training import LoraTrainingConfig, train_lora
+from ziplora_pipeline.core.merge import MergeConfig, ziplora_merge
+from ziplora_pipeline.core.merge_export import factors_to_lora_file, merged_factors
+from ziplora_pipeline.core.method_build import MethodBuilder
+from ziplora_pipeline.core.methods import DEFAULT_METHODS, MethodAssets, lora_applied, parse_method
+from ziplora_pipeline.core.sdxl import encode_concept, training_scheduler
+from ziplora_pipeline.datasets.lora_safetensors import LoraSafetensorsDataset
+
+from .conftest import RESOLUTION
+
+SUBJECT_PROMPT, STYLE_PROMPT = "a photo of sks robot", "a flower in zwx style"
+
+
+@pytest.fixture(scope="module")
+def style_images(sample_raw):
+    return [square_resize(Image.open(p).convert("RGB"), RESOLUTION)
+            for p in sorted((sample_raw / "styles" / "mosaic").glob("*.png"))]
+
+
+@pytest.fixture(scope="module")
+def trained(base_cfg, subject_images, style_images):
+    """Subject and style LoRAs (20 steps each), their ZipLoRA mergers (20 steps) and the method files."""
+    files = {}
+    for name, images, prompt, seed in (("subject", subject_images, SUBJECT_PROMPT, 0),
+                                       ("style", style_images, STYLE_PROMPT, 1)):
+        pipe = load_base_pipeline(base_cfg)
+        files[name] = train_lora(pipe, encode_concept(pipe, images, prompt),
+                                 LoraTrainingConfig(steps=20, seed=seed, learning_rate=1e-2), name).lora
+    factors = {n: unet_lora_factors(f, n) for n, f in files.items()}
+    pipe = load_base_pipeline(base_cfg)
+    inputs = {"subject": encode_concept(pipe, subject_images, SUBJECT_PROMPT),
+              "style": encode_concept(pipe, style_images, STYLE_PROMPT)}
+    merge = ziplora_merge(pipe.unet, factors, inputs, MergeConfig(steps=20), training_scheduler(pipe), progress=False)
+    sources = {**files, "joint": files["subject"], "ziplora": factors_to_lora_file(merged_factors(factors, merge.mergers)),
+               "direct_merge": factors_to_lora_file(merged_factors(factors))}
+    logs = {"ziplora": {"seconds": merge.seconds}, "joint": {"seconds": 1.0}}
+    builder = MethodBuilder(sources, merge.mergers, logs, lambda: load_base_pipeline(base_cfg).unet)
+    specs = GenerationConfig().method_specs()
+    built = {n: builder.build(s) for n, s in specs.items()}
+    assets = MethodAssets({n: f for n, (f, _) in built.items() if f is not None}, files["subject"], files["style"])
+    return {"files": files, "factors": factors, "specs": specs, "assets": assets,
+            "costs": {n: c for n, (_, c) in built.items()}}
+
+
+# ---- PEFT merges ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["peft_cat", "peft_ties", "peft_dare_ties", "peft_svd"])
+def test_each_peft_merge_is_a_lora_plain_diffusers_loads(tmp_path, base_cfg, trained, unet_probe, method):
+    lora = trained["assets"].files[method]
+    path = tmp_path / f"{method}.safetensors"
+    LoraSafetensorsDataset(filepath=str(path)).save(lora)
+    pipe = load_base_pipeline(base_cfg)
+    base = unet_probe(pipe.unet)
+    pipe.load_lora_weights(str(path), adapter_name=method)
+    pipe.set_adapters([method])
+    out = unet_probe(pipe.unet)
+    assert torch.isfinite(out).all() and (out - base).abs().max() > 1e-4
+    cost = trained["costs"][method]
+    assert cost["merge_seconds"] > 0 and cost["file_mb"] > 0
+
+
+def test_peft_cat_is_exactly_the_direct_merge(base_cfg, trained, unet_probe):
+    """cat concatenates the factors: ΔW_c + ΔW_s, as the direct merge (atol 1e-5)."""
+    outs = []
+    for name in ("peft_cat", "direct_merge"):
+        pipe = load_base_pipeline(base_cfg)
+        with lora_applied(pipe, name, trained["assets"].files[name]):
+            outs.append(unet_probe(pipe.unet))
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=0)
+
+
+# ---- K-LoRA -----------------------------------------------------------------------------------
+
+def test_klora_picks_the_lora_with_the_larger_topk_sum():
+    """Hand-made ΔW: few large entries beat many small ones (top-k), and time shifts the balance."""
+    big_few = torch.zeros(8, 8)
+    big_few[0, :4] = 1.0  # top-4 sum 4
+    small_many = torch.full((8, 8), 0.6)  # top-4 sum 2.4, total sum 38.4 (a plain sum would pick it)
+    cfg = KLoraConfig(top_k=4)
+    assert choose(big_few, small_many, progress=0.0, cfg=cfg) == "subject"  # 4 > 2.4 * 0.5
+    assert choose(small_many, big_few, progress=0.0, cfg=cfg) == "style"  # 2.4 < 4 * 0.5 = 2? no: 2.4 > 2
+    assert choose(small_many, big_few, progress=1.0, cfg=cfg) == "style"  # 2.4 < 4 * 2.0
+    # Equal deltas: the subject early (scale 0.5), the style late (scale 2.0) — K-LoRA's time schedule.
+    assert choose(big_few, big_few, 0.0, cfg) == "subject" and choose(big_few, big_few, 1.0, cfg) == "style"
+    # γ divides the subject's score: a subject LoRA 4x stronger overall is not favoured for its size alone.
+    assert choose(big_few * 4, big_few, 0.0, cfg, gamma=4.0) == "subject"
+    assert choose(big_few * 4, big_few, 0.5, cfg, gamma=4.0) == "style"
+
+
+def test_klora_magnitude_ratio_is_the_mean_layer_ratio():
+    f = lambda v: LoraFactors(torch.full((1, 2), v), torch.ones(2, 1), 1.0)  # noqa: E731
+    assert magnitude_ratio({"a": f(2.0), "b": f(4.0)}, {"a": f(1.0), "b": f(1.0)}) == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize(("beta", "expected"), [(1e-6, "subject"), (1e6, "style")])
+def test_klora_on_the_unet_equals_the_lora_it_selects(base_cfg, trained, unet_probe, beta, expected):
+    """β tiny: every layer picks the subject at every step, so the UNet equals the subject LoRA's; β huge: style."""
+    cfg = KLoraConfig(alpha=0.0, beta=beta, gamma=1.0)
+    pipe = load_base_pipeline(base_cfg)
+    with KLoRA(trained["factors"]["subject"], trained["factors"]["style"], cfg).attach(pipe.unet):
+        got = unet_probe(pipe.unet)
+    assert not any(type(m).__name__ == "KLoRALinear" for m in pipe.unet.modules())  # detached
+    ref = load_base_pipeline(base_cfg)
+    with lora_applied(ref, expected, trained["files"][expected]):
+        torch.testing.assert_close(got, unet_probe(ref.unet), atol=1e-5, rtol=0)
+
+
+def test_klora_selects_per_sample_by_timestep(base_cfg, trained):
+    klora = KLoRA(trained["factors"]["subject"], trained["factors"]["style"], KLoraConfig(top_k=4))
+    early, late = klora.choices(0.0), klora.choices(1.0)
+    assert set(early) == set(trained["factors"]["subject"])
+    share = lambda ch: sum(v == "subject" for v in ch.values())  # noqa: E731
+    assert share(early) >= share(late)  # the style scale grows from β to α + β over denoising
+
+
+# ---- output fidelity --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def probes(base_cfg, subject_images, style_images):
+    pipe = load_base_pipeline(base_cfg)
+    return {"subject": make_probe(pipe, subject_images, SUBJECT_PROMPT, 4, 0),
+            "style": make_probe(pipe, style_images, STYLE_PROMPT, 4, 0)}
+
+
+def test_output_fidelity_is_one_for_the_lora_and_zero_for_the_base(base_cfg, trained, probes):
+    specs = {n: trained["specs"][n] for n in ("base", "subject_lora", "style_lora", "direct_merge", "ziplora", "k_lora")}
+    table = fidelity_table(load_base_pipeline(base_cfg), specs, trained["assets"], probes, batch_size=4)
+    assert table["subject_lora"]["subject_fidelity"] == pytest.approx(1.0, abs=1e-6)
+    assert table["style_lora"]["style_fidelity"] == pytest.approx(1.0, abs=1e-6)
+    assert table["base"]["subject_fidelity"] == pytest.approx(0.0, abs=1e-6)
+    assert table["base"]["style_fidelity"] == pytest.approx(0.0, abs=1e-6)
+    assert all(np.isfinite(v) for row in table.values() for v in row.values())
+
+
+def test_output_fidelity_formula():
+    lora, base = torch.ones(2, 4), torch.zeros(2, 4)
+    assert output_fidelity(lora, lora, base) == 1.0
+    assert output_fidelity(base, lora, base) == 0.0
+    assert output_fidelity(0.5 * lora, lora, base) == pytest.approx(0.5)
+    assert output_fidelity(-lora, lora, base) == pytest.approx(-1.0)  # not clipped
+    with pytest.raises(ValueError, match="does not change"):
+        output_fidelity(lora, lora, lora)
+
+
+def test_probe_is_fixed_by_its_seed(base_cfg, subject_images):
+    pipe = load_base_pipeline(base_cfg)
+    a, b = (make_probe(pipe, subject_images, SUBJECT_PROMPT, 3, 7) for _ in range(2))
+    assert torch.equal(a.noisy, b.noisy) and torch.equal(a.timesteps, b.timesteps)
+    assert torch.equal(predict(pipe.unet, a), predict(pipe.unet, b))
+
+
+# ---- generation -------------------------------------------------------------------------------
+
+def test_generation_is_bit_identical_for_the_same_seed(base_cfg, trained):
+    cfg = GenerationConfig(seeds=(3,), num_inference_steps=2, batch_size=4)
+    items = cfg.prompt_items()[:2]
+    runs = []
+    for _ in range(2):
+        pipe = load_base_pipeline(base_cfg)
+        with trained["specs"]["k_lora"].applied(pipe, trained["assets"]):
+            runs.append(generate(pipe, items, cfg))
+    for (item_a, seed_a, img_a), (item_b, seed_b, img_b) in zip(*runs):
+        assert (item_a, seed_a) == (item_b, seed_b)
+        assert np.array_equal(np.asarray(img_a), np.asarray(img_b))
+    assert runs[0][0][2].size == (RESOLUTION, RESOLUTION)
+    assert image_name("k_lora", items[0], 3) == "k_lora__subject0__seed3"
+
+
+def test_every_default_method_applies_and_restores_the_unet(base_cfg, trained, unet_probe):
+    pipe = load_base_pipeline(base_cfg)
+    before = unet_probe(pipe.unet)
+    for name, spec in trained["specs"].items():
+        with spec.applied(pipe, trained["assets"]):
+            out = unet_probe(pipe.unet)
+        assert torch.isfinite(out).all(), name
+        if name != "base":
+            assert (out - before).abs().max() > 1e-5, f"{name} changed nothing"
+        torch.testing.assert_close(unet_probe(pipe.unet), before, atol=0, rtol=0)
+    assert set(trained["specs"]) == set(DEFAULT_METHODS)
+
+
+# ---- bad input --------------------------------------------------------------------------------
+
+def test_unknown_method_lists_the_valid_ones():
+    with pytest.raises(ConfigError, match=r"Unknown method 'zipora'.*Did you mean 'ziplora'.*peft_ties"):
+        parse_method("zipora", {})
+    with pytest.raises(ConfigError, match="combination_type 'tie' is not one of"):
+        parse_method("mine", {"kind": "peft", "combination_type": "tie"})
+    with pytest.raises(ConfigError, match="needs density"):
+        parse_method("mine", {"kind": "peft", "combination_type": "ties"})
+    with pytest.raises(ConfigError, match="every method is switched off"):
+        GenerationConfig(methods={"base": {"enabled": False}})
+
+
+def test_empty_prompt_group_is_named():
+    from ziplora_pipeline.core.config_utils import from_dict
+
+    with pytest.raises(ConfigError, match="generation.prompts.recontext is empty"):
+        from_dict(GenerationConfig, {"prompts": {"recontext": []}}, "generation")
