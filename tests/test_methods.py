@@ -92,10 +92,12 @@ def test_klora_picks_the_lora_with_the_larger_topk_sum():
     big_few = torch.zeros(8, 8)
     big_few[0, :4] = 1.0  # top-4 sum 4
     small_many = torch.full((8, 8), 0.6)  # top-4 sum 2.4, total sum 38.4 (a plain sum would pick it)
-    cfg = KLoraConfig(top_k=4)
-    assert choose(big_few, small_many, progress=0.0, cfg=cfg) == "subject"  # 4 > 2.4 * 0.5
-    assert choose(small_many, big_few, progress=0.0, cfg=cfg) == "style"  # 2.4 < 4 * 0.5 = 2? no: 2.4 > 2
-    assert choose(small_many, big_few, progress=1.0, cfg=cfg) == "style"  # 2.4 < 4 * 2.0
+    cfg = KLoraConfig(top_k=4)  # style scale α τ + β = 1.5 τ + 0.5: 1 at τ = 1/3
+    assert choose(big_few, small_many, progress=1 / 3, cfg=cfg) == "subject"  # 4 > 2.4: top-k, not the total
+    assert choose(small_many, big_few, progress=1 / 3, cfg=cfg) == "style"  # 2.4 < 4
+    assert choose(small_many, big_few, progress=0.0, cfg=cfg) == "subject"  # 2.4 > 4 · 0.5: early steps favour it
+    assert choose(big_few, small_many, progress=1.0, cfg=cfg) == "style"  # 4 < 2.4 · 2.0: late steps favour it
+    assert choose(big_few * 2, small_many, progress=1.0, cfg=cfg) == "subject"  # 8 > 4.8
     # Equal deltas: the subject early (scale 0.5), the style late (scale 2.0) — K-LoRA's time schedule.
     assert choose(big_few, big_few, 0.0, cfg) == "subject" and choose(big_few, big_few, 1.0, cfg) == "style"
     # γ divides the subject's score: a subject LoRA 4x stronger overall is not favoured for its size alone.
