@@ -30,6 +30,10 @@ Usage::
 
     python benchmarks/train_step.py            # full: both models, 5 repeats (~5 min on 2 cores)
     python benchmarks/train_step.py --quick    # smoke run (~15 s): small stand-ins, 2 repeats
+    python benchmarks/train_step.py --threads 1  # when another process is busy on a 2-core machine
+
+On a 2-core machine shared with another busy process, torch's default 2 OpenMP threads wait on
+each other at every op: a 0.03 s tiny step was measured at ~7 s. Such repeats show up as stalls.
 
 Logs go to stderr; the last stdout line is one JSON object.
 """

@@ -57,19 +57,32 @@ def test_load_base_pipeline_is_frozen_and_deterministic(base_cfg, unet_probe):
 
 
 def test_check_sdxl_folder_accepts_the_miniature(mini_model_path):
-    check_sdxl_folder(mini_model_path)  # no error
+    assert check_sdxl_folder(mini_model_path) == "sdxl"
 
 
-def test_check_sdxl_folder_rejects_sd15_pipeline(tmp_path):
-    folder = tmp_path / "sd15"
+def _fake_folder(folder, pipeline_class: str, addition_embed_type):
     (folder / "unet").mkdir(parents=True)
-    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": pipeline_class}))
     (folder / "unet" / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel",
-                                                             "addition_embed_type": None}))
+                                                             "addition_embed_type": addition_embed_type}))
+    return folder
+
+
+@pytest.mark.parametrize("pipeline_class", ["StableDiffusion3Pipeline", "KandinskyV22Pipeline", "FluxPipeline"])
+def test_check_sdxl_folder_rejects_other_pipelines_naming_what_it_found(tmp_path, pipeline_class):
+    folder = _fake_folder(tmp_path / "other", pipeline_class, None)
     with pytest.raises(BaseModelError) as err:
         check_sdxl_folder(folder)
     msg = str(err.value)
-    assert str(folder) in msg and "StableDiffusionPipeline" in msg and "not an SDXL pipeline" in msg
+    assert str(folder) in msg and pipeline_class in msg and "Unsupported base model" in msg
+    assert "StableDiffusionXLPipeline" in msg  # says what would work
+
+
+def test_check_sdxl_folder_tells_sd15_from_sdxl(tmp_path):
+    """SD 1.x/2.x is a supported family of its own (conf/sd15); a mixed-up folder is not."""
+    assert check_sdxl_folder(_fake_folder(tmp_path / "sd15", "StableDiffusionPipeline", None)) == "sd"
+    with pytest.raises(BaseModelError, match="StableDiffusionPipeline .*addition_embed_type='text_time'"):
+        check_sdxl_folder(_fake_folder(tmp_path / "mixed", "StableDiffusionPipeline", "text_time"))
 
 
 def test_check_sdxl_folder_rejects_xl_class_without_text_time_unet(tmp_path):
@@ -88,10 +101,10 @@ def test_check_sdxl_folder_rejects_folder_without_model_index(tmp_path):
     assert "no model_index.json" in str(err.value) and str(tmp_path) in str(err.value)
 
 
-def test_load_base_pipeline_reports_non_sdxl_folder(tmp_path):
-    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
-    cfg = BaseModelConfig(pretrained_model_name_or_path=str(tmp_path), miniature_seed=None, device="cpu")
-    with pytest.raises(BaseModelError, match="StableDiffusionPipeline"):
+def test_load_base_pipeline_reports_unsupported_folder(tmp_path):
+    folder = _fake_folder(tmp_path / "sd3", "StableDiffusion3Pipeline", None)
+    cfg = BaseModelConfig(pretrained_model_name_or_path=str(folder), miniature_seed=None, device="cpu")
+    with pytest.raises(BaseModelError, match="StableDiffusion3Pipeline"):
         load_base_pipeline(cfg)
 
 

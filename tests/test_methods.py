@@ -47,7 +47,8 @@ def trained(base_cfg, subject_images, style_images):
     inputs = {"subject": encode_concept(pipe, subject_images, SUBJECT_PROMPT),
               "style": encode_concept(pipe, style_images, STYLE_PROMPT)}
     merge = ziplora_merge(pipe.unet, factors, inputs, MergeConfig(steps=20), training_scheduler(pipe), progress=False)
-    sources = {**files, "joint": files["subject"], "ziplora": factors_to_lora_file(merged_factors(factors, merge.mergers)),
+    sources = {**files, "joint": files["subject"],  # joint training has its own tests: any LoRA stands in
+               "ziplora": factors_to_lora_file(merged_factors(factors, merge.mergers)),
                "direct_merge": factors_to_lora_file(merged_factors(factors))}
     logs = {"ziplora": {"seconds": merge.seconds}, "joint": {"seconds": 1.0}}
     builder = MethodBuilder(sources, merge.mergers, logs, lambda: load_base_pipeline(base_cfg).unet)

@@ -39,7 +39,7 @@ def run_outputs(sample_raw, base_params, tmp_path):
         "lora_checkpoints": MemoryDataset(checkpoints, copy_mode="assign"),
     }
     # Intermediate and final outputs: in memory too, without deep copies of images/figures.
-    for name in ("subject_images", "subject_prompt", "style_images", "style_prompt",
+    for name in ("subject_images", "subject_prompt", "style_images", "style_prompt", "joint_images", "joint_prompt",
                  "subject_lora_weights", "subject_training_log", "subject_loss_curve"):
         datasets[name] = MemoryDataset(copy_mode="assign")
     catalog = DataCatalog(datasets=datasets)
@@ -51,8 +51,8 @@ def run_outputs(sample_raw, base_params, tmp_path):
 def test_slice_produces_a_lora_and_a_training_log(run_outputs, fresh_pipe):
     outputs, catalog, checkpoints = run_outputs
     # The runner returns the free outputs as dataset objects.
-    assert set(outputs) == {"style_images", "style_prompt", "subject_lora_weights", "subject_training_log",
-                            "subject_loss_curve"}
+    assert set(outputs) == {"joint_images", "joint_prompt", "subject_lora_weights", "subject_training_log",
+                            "subject_loss_curve"}  # style_* now feed the joint-training set
 
     lora = outputs["subject_lora_weights"].load()
     assert isinstance(lora, LoraFile)
@@ -78,10 +78,13 @@ def test_slice_produces_a_lora_and_a_training_log(run_outputs, fresh_pipe):
     figure = outputs["subject_loss_curve"].load()
     assert len(figure.axes[0].lines[0].get_ydata()) == STEPS
 
-    # Intermediate MemoryDatasets are released once consumed; the free style outputs stay.
+    # Intermediate MemoryDatasets are released once consumed; the free joint-training outputs stay.
     with pytest.raises(Exception, match="has not been saved yet"):
         catalog["subject_images"].load()
-    style_images = outputs["style_images"].load()
-    assert list(style_images) == ["mosaic"] and style_images["mosaic"].size == (RESOLUTION, RESOLUTION)
-    assert outputs["style_prompt"].load()["prompt"] == "a flower in zwx style"
+    joint_images = outputs["joint_images"].load()
+    assert "style_mosaic" in joint_images and len(joint_images) == 6  # 5 subject views + the style image
+    assert joint_images["style_mosaic"].size == (RESOLUTION, RESOLUTION)
+    groups = outputs["joint_prompt"].load()["groups"]
+    assert [g["prompt"] for g in groups] == ["a photo of sks robot", "a flower in zwx style"]
+    assert groups[1]["images"] == ["style_mosaic"]
     assert list(checkpoints.folder.glob("*/*.pt")) == []  # finished run cleaned its checkpoints

@@ -12,6 +12,8 @@ from typing import Any
 
 from .core.base_model import BaseModelConfig
 from .core.config_utils import ConfigError, from_dict, require
+from .core.evaluation import EvaluationConfig
+from .core.generation import GenerationConfig
 from .core.lora_training import LoraTrainingConfig
 from .core.merge import MergeConfig
 
@@ -61,6 +63,9 @@ SCHEMA: dict[str, type] = {
     "subject": LoraStageConfig,
     "style": LoraStageConfig,
     "merge": MergeConfig,
+    "joint": LoraStageConfig,
+    "generation": GenerationConfig,
+    "evaluation": EvaluationConfig,
 }
 
 

@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 BACKGROUND = (255, 255, 255)
 MISSING = (200, 200, 200)  # a cell with no image (e.g. a method switched off for that run)
 PAD = 4
+GUTTER = 2  # white pixels right of and below each image, so neighbouring cells stay apart
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ def contact_sheet(cells: dict[tuple[str, str], Image.Image], rows: list[str], co
             draw.text((PAD, y + PAD + k * lh), line, fill=(0, 0, 0), font=font)
         for j, col in enumerate(cols):
             img = cells.get((row, col))
-            sheet.paste(_tile(img, cell), layout.origin(i, j))
+            sheet.paste(_tile(img, cell - GUTTER), layout.origin(i, j))
     return sheet
 
 

@@ -96,7 +96,8 @@ class DenoisingClock:
     def for_batch(self, batch: int) -> torch.Tensor:
         if self.progress.numel() in (1, batch):
             return self.progress.expand(batch)
-        raise ValueError(f"K-LoRA: a layer saw batch {batch} but the UNet's timesteps have {self.progress.numel()} entries.")
+        raise ValueError(f"K-LoRA: a layer saw batch {batch} but the UNet's timesteps have "
+                         f"{self.progress.numel()} entries.")
 
 
 class KLoRALinear(nn.Module):

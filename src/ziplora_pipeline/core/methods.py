@@ -6,7 +6,8 @@ put the method on a pipeline's UNet and take it off again:
 
 - ``base``: the base model alone;
 - ``lora``: one LoRA file as it is (subject, style, joint training, the direct merge, or the
-  exported ZipLoRA), loaded with plain diffusers ``load_lora_weights`` + ``set_adapters``;
+  exported ZipLoRA), loaded by diffusers' LoRA loader (``load_lora_into_unet``, which
+  ``load_lora_weights`` calls; core.lora_io) and activated with ``set_adapters``;
 - ``ziplora``: ZipLoRA's learned mergers exported at chosen subject/style strengths (paper §5:
   style 1.0 / 0.7 / 0.4), then loaded like any LoRA;
 - ``peft``: a PEFT ``add_weighted_adapter`` merge (cat, ties, dare_ties, svd, ...), loaded like any LoRA;
@@ -47,12 +48,18 @@ DEFAULT_METHODS: dict[str, dict] = {
 
 @dataclass
 class MethodAssets:
-    """What methods load: ``files[<method name>]`` for file-backed methods (``build_method_files``),
+    """What methods load: ``files[<method name>]`` for file-backed methods (``core.method_build``),
     and the subject and style LoRAs (K-LoRA fuses them at run time)."""
 
     files: dict[str, LoraFile]
     subject: LoraFile
     style: LoraFile
+
+    def file(self, name: str) -> LoraFile:
+        if name not in self.files:
+            raise ValueError(f"Method '{name}' has no LoRA file among {sorted(self.files)}: the method files are from a "
+                           "run where it was switched off. Run `kedro run --pipeline generation` to rebuild them.")
+        return self.files[name]
 
 
 @contextmanager
@@ -86,14 +93,14 @@ class LoraOptions:
         require(self.source in LORA_SOURCES, f"lora source {self.source!r} is not one of {list(LORA_SOURCES)}.")
 
     def applied(self, pipe, name: str, assets: MethodAssets):
-        return lora_applied(pipe, name, assets.files[name], self.scale)  # a copy of the source file
+        return lora_applied(pipe, name, assets.file(name), self.scale)  # a copy of the source file
 
 
 class _BuiltLora:
-    """Kinds whose LoRA file ``build_method_lora`` makes; ``assets.files[<method name>]`` holds it."""
+    """Kinds whose LoRA file ``MethodBuilder`` makes; ``assets.file(<method name>)`` holds it."""
 
     def applied(self, pipe, name: str, assets: MethodAssets):
-        return lora_applied(pipe, name, assets.files[name])
+        return lora_applied(pipe, name, assets.file(name))
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,12 @@ PAPER_COST = "ZipLoRA merge 560 s and 21 GB on one A100; joint training 3540 s (
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
-    """GitHub markdown; empty cells where a figure does not apply."""
-    return frame.to_markdown(index=False, floatfmt=".3f", missingval="")
+    """GitHub markdown; empty cells where a figure does not apply (NaN -> None -> blank)."""
+    return frame.astype(object).where(frame.notna(), None).to_markdown(index=False, floatfmt=".3f", missingval="")
 
 
-def metrics_chart(frame: pd.DataFrame) -> plt.Figure:
-    """Grouped bars: one group per method, one bar per metric that has any value."""
+def metrics_chart(frame: pd.DataFrame, note: str = "") -> plt.Figure:
+    """Grouped bars: one group per method, one bar per metric that has any value; ``note`` under the title."""
     metrics = [m for m in METRICS if frame[m].notna().any()]
     x = np.arange(len(frame))
     width = 0.8 / max(len(metrics), 1)
@@ -35,8 +35,9 @@ def metrics_chart(frame: pd.DataFrame) -> plt.Figure:
         ax.bar(x + (i - (len(metrics) - 1) / 2) * width, frame[m].fillna(0).to_numpy(), width, label=m)
     ax.axhline(0, color="black", linewidth=0.6)
     ax.set_xticks(x, frame["method"], rotation=35, ha="right")
-    ax.set(ylabel="score (higher is better)", title="Methods × metrics (empty bars: not measured)")
-    ax.legend(fontsize=8, ncols=min(len(metrics), 3))
+    ax.set(ylabel="score (higher is better)", title="Methods × metrics (missing bars: not measured)"
+           + (f"\n{note}" if note else ""))
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     return fig
 
@@ -60,8 +61,9 @@ def render_report(frame: pd.DataFrame, *, compare: tuple[str, str], sheets: list
     """The markdown report; ``sheets`` and ``chart`` are file names in the report's folder."""
     lines = [
         "# ZipLoRA comparison report", "",
-        f"Run `{run.get('version', '?')}` · base model `{run.get('base_model', '?')}` · "
-        f"{run.get('steps', '?')} denoising steps at {run.get('resolution', '?')} px · seeds {run.get('seeds', '?')}", "",
+        f"Generated {run.get('generated', '?')} · base model `{run.get('base_model', '?')}` · "
+        f"{run.get('steps', '?')} denoising steps at {run.get('resolution', '?')} px · "
+        f"seeds {run.get('seeds', '?')}", "",
         f"**{headline(frame, *compare)}**", "",
         "## Metrics (this run)", "",
         "Output fidelity F_c = 1 − ‖ε_method − ε_{L_c}‖ / ‖ε_base − ε_{L_c}‖ on the concept's own noisy latents "

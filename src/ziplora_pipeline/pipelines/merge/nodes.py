@@ -13,6 +13,7 @@ from PIL import Image  # noqa: E402
 
 from ...core.base_model import BaseModelConfig, load_base_pipeline, model_family  # noqa: E402
 from ...core.config_utils import from_dict  # noqa: E402
+from ...core.cost import measure  # noqa: E402
 from ...core.lora_factors import check_against_unet, unet_lora_factors  # noqa: E402
 from ...core.lora_io import LoraFile, check_family  # noqa: E402
 from ...core.merge import MergeConfig, ziplora_merge  # noqa: E402
@@ -50,7 +51,8 @@ def zip_merge(subject_lora: LoraFile, style_lora: LoraFile, subject_images: dict
     inputs = {"subject": encode_concept(pipe, [subject_images[k] for k in sorted(subject_images)], subject_prompt["prompt"]),
               "style": encode_concept(pipe, [style_images[k] for k in sorted(style_images)], style_prompt["prompt"])}
     log = step_logger("merge")
-    result = ziplora_merge(pipe.unet, loras, inputs, cfg, training_scheduler(pipe), on_step=log)
+    with measure(pipe.unet.device) as cost:  # peak memory for the evaluation's cost column
+        result = ziplora_merge(pipe.unet, loras, inputs, cfg, training_scheduler(pipe), on_step=log)
     merged = factors_to_lora_file(
         merged_factors(loras, result.mergers, {"subject": cfg.subject_scale, "style": cfg.style_scale}),
         description=f"ZipLoRA merge of '{subject_prompt['prompt']}' and '{style_prompt['prompt']}'")
@@ -63,7 +65,7 @@ def zip_merge(subject_lora: LoraFile, style_lora: LoraFile, subject_images: dict
     merge_log = {"steps": steps, "seconds": result.seconds, "stopped_early": result.stopped_early,
                  "initial": result.initial, "final": result.final, "history": result.history,
                  "subject_scale": cfg.subject_scale, "style_scale": cfg.style_scale,
-                 "merged_rank": _ranks(merged)}
+                 "merged_rank": _ranks(merged), "peak_mb": cost.peak_mb, "memory_kind": cost.memory_kind}
     return merged, to_kohya(merged), result.mergers, merge_log, merge_figure(result.history)
 
 

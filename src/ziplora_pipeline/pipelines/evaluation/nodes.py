@@ -1,0 +1,98 @@
+"""``evaluation`` nodes: output fidelity, image metrics, the metrics table and the report."""
+
+from __future__ import annotations
+
+import logging
+import math
+from datetime import datetime, timezone
+
+import pandas as pd
+from PIL import Image
+
+from ...core.base_model import BaseModelConfig, load_base_pipeline, resolve_device
+from ...core.config_utils import from_dict
+from ...core.contact_sheet import check_same_size
+from ...core.evaluation import EvaluationConfig, headline, metrics_frame
+from ...core.fidelity import fidelity_table, make_probe
+from ...core.generation import GenerationConfig
+from ...core.image_metrics import alignment, load_encoders
+from ...core.lora_io import LoraFile
+from ...core.methods import MethodAssets
+from ...core.report import markdown_table, metrics_chart, render_report
+from ...tracking import step_logger
+
+logger = logging.getLogger(__name__)
+
+
+def _ordered(images: dict[str, Image.Image], what: str) -> list[Image.Image]:
+    check_same_size(images, what)
+    return [images[k] for k in sorted(images)]
+
+
+def output_fidelity(method_loras: dict[str, LoraFile], subject_lora: LoraFile, style_lora: LoraFile,
+                    subject_images: dict[str, Image.Image], subject_prompt: dict, style_images: dict[str, Image.Image],
+                    style_prompt: dict, generation_params: dict, evaluation_params: dict, base_params: dict) -> dict:
+    """{method: {subject_fidelity, style_fidelity}} on fixed noisy latents of the reference images."""
+    gen = from_dict(GenerationConfig, generation_params, "generation")
+    cfg = from_dict(EvaluationConfig, evaluation_params, "evaluation")
+    pipe = load_base_pipeline(from_dict(BaseModelConfig, base_params, "base_model"))
+    probes = {c: make_probe(pipe, _ordered(imgs, f"{c} reference images"), p["prompt"], cfg.fidelity_samples,
+                            cfg.fidelity_seed, cfg.fidelity_timestep_range)
+              for c, imgs, p in (("subject", subject_images, subject_prompt), ("style", style_images, style_prompt))}
+    table = fidelity_table(pipe, gen.method_specs(), MethodAssets(method_loras, subject_lora, style_lora), probes,
+                           cfg.batch_size)
+    for name, row in table.items():
+        logger.info("Output fidelity %-18s subject %+.3f  style %+.3f", name, row["subject_fidelity"],
+                    row["style_fidelity"])
+    return table
+
+
+def image_metrics(generated_images: dict[str, Image.Image], generation_manifest: dict,
+                  subject_images: dict[str, Image.Image], style_images: dict[str, Image.Image], subject_prompt: dict,
+                  style_prompt: dict, evaluation_params: dict, base_params: dict) -> dict:
+    """CLIP-I (style), DINO (subject), CLIP-T and their harmonic mean per method, plus which encoders ran."""
+    cfg = from_dict(EvaluationConfig, evaluation_params, "evaluation")
+    device = resolve_device(from_dict(BaseModelConfig, base_params, "base_model").device)
+    encoders = load_encoders({"clip": cfg.clip, "dino": cfg.dino}, device)
+    tokens = (subject_prompt["token"], style_prompt["token"])
+    per_method = {}
+    for method in generation_manifest["methods"]:
+        entries = [e for e in generation_manifest["images"] if e["method"] == method and e["group"] in cfg.image_groups]
+        per_method[method] = alignment(encoders, [generated_images[e["name"]] for e in entries],
+                                       [e["prompt"] for e in entries], list(subject_images.values()),
+                                       list(style_images.values()), tokens)
+    if encoders.random:
+        logger.warning("Image metrics come from tiny RANDOM %s encoder(s): they mean nothing (embedded default).",
+                       "/".join(k.upper() for k in encoders.random))
+    return {"methods": per_method, "random_encoders": encoders.random, "notes": encoders.notes,
+            "encoders": {"clip": cfg.clip.name_or_path, "dino": cfg.dino.name_or_path},
+            "image_groups": list(cfg.image_groups)}
+
+
+def metrics_table(fidelity: dict, image_metrics: dict, method_costs: dict,
+                  generation_params: dict) -> tuple[pd.DataFrame, str]:
+    """The one table (CSV + markdown), one row per method; each method's figures go to MLflow too."""
+    specs = from_dict(GenerationConfig, generation_params, "generation").method_specs()
+    frame = metrics_frame(specs, fidelity, image_metrics["methods"], method_costs)
+    for row in frame.to_dict("records"):
+        values = {k: v for k, v in row.items() if isinstance(v, float) and not math.isnan(v)}
+        step_logger(f"eval.{row['method']}")(0, **values)
+    logger.info("Metrics table: %d methods × %d columns", len(frame), len(frame.columns))
+    return frame, markdown_table(frame)
+
+
+def write_report(metrics: pd.DataFrame, contact_sheets: dict[str, Image.Image], image_metrics: dict,
+                 generation_manifest: dict, evaluation_params: dict, base_params: dict) -> dict:
+    """``report.md`` with the table, the chart, the contact sheets and the paper's Table 2 (one folder)."""
+    cfg = from_dict(EvaluationConfig, evaluation_params, "evaluation")
+    sheets = {f"{name}.png": img for name, img in sorted(contact_sheets.items())}
+    run = {"generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+           "base_model": base_params.get("pretrained_model_name_or_path"),
+           "steps": generation_manifest["num_inference_steps"], "resolution": generation_manifest["resolution"],
+           "seeds": generation_manifest["seeds"], "image_groups": image_metrics["image_groups"]}
+    text = render_report(metrics, compare=tuple(cfg.compare), sheets=list(sheets), chart="metrics_chart.png",
+                         random_encoders=image_metrics["random_encoders"], encoder_notes=image_metrics["notes"],
+                         encoders=image_metrics["encoders"], run=run)
+    logger.info(headline(metrics, *cfg.compare))
+    note = ("image metrics from tiny RANDOM encoders: meaningless" if image_metrics["random_encoders"] else "")
+    return {"report.md": text, "metrics_chart.png": metrics_chart(metrics, note), **sheets}

@@ -1,0 +1,119 @@
+"""The whole job as a user runs it: ``kedro run`` (default parameters) in a copy of the project ends with a
+report whose table has a row for every method, within 5 minutes on a 2-core CPU; then
+``--pipeline generation`` and ``--pipeline evaluation`` on their own, MLflow, and the notebook top to bottom.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ziplora_pipeline.core.methods import DEFAULT_METHODS
+
+from .conftest import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow
+
+REQUIRED = ["method", "subject_fidelity", "style_fidelity", "clip_style", "dino_subject", "clip_text", "harmonic",
+            "merge_seconds", "peak_mb"]
+BUDGET_S = 300  # the issue's limit for the whole default job on this 2-core machine
+
+
+def _kedro(project: Path, *args: str) -> tuple[subprocess.CompletedProcess, float]:
+    kedro = Path(sys.executable).with_name("kedro")
+    cmd = [str(kedro)] if kedro.exists() else [sys.executable, "-m", "kedro"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(HF_HUB_OFFLINE="1", KEDRO_DISABLE_TELEMETRY="1", DO_NOT_TRACK="1", COLUMNS="200")
+    t0 = time.perf_counter()
+    proc = subprocess.run([*cmd, *args], cwd=project, env=env, capture_output=True, text=True, timeout=2 * BUDGET_S)
+    if proc.returncode != 0:
+        pytest.fail(f"kedro {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
+    return proc, time.perf_counter() - t0
+
+
+def _versions(project: Path, rel: str) -> list[Path]:
+    return sorted((project / "data" / rel).glob("*/"))
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory, mini_model_path) -> dict:
+    from ziplora_pipeline.sample_data import write_sample_data
+
+    root = tmp_path_factory.mktemp("full_job")
+    shutil.copytree(PROJECT_ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
+    (root / "conf" / "local").mkdir()
+    for name in ("pyproject.toml", ".telemetry"):
+        shutil.copy(PROJECT_ROOT / name, root / name)
+    shutil.copytree(PROJECT_ROOT / "notebooks", root / "notebooks")
+    (root / "src").mkdir()
+    write_sample_data(root / "data" / "01_raw", size=128)
+    shutil.copytree(mini_model_path, root / "data" / "06_models" / "miniature_sdxl")
+    proc, seconds = _kedro(root, "run")
+    return {"project": root, "seconds": seconds, "log": proc.stdout + proc.stderr}
+
+
+def test_whole_job_reports_every_method_within_budget(job):
+    project = job["project"]
+    assert job["seconds"] < BUDGET_S, f"kedro run took {job['seconds']:.0f} s"
+    [csv_version] = _versions(project, "08_reporting/evaluation/metrics.csv")
+    table = pd.read_csv(csv_version / "metrics.csv")
+    assert set(REQUIRED) <= set(table.columns)
+    assert list(table["method"]) == list(DEFAULT_METHODS)  # every method, in parameter order
+    assert table[["subject_fidelity", "style_fidelity"]].notna().all().all()
+    assert table.set_index("method").loc["subject_lora", "subject_fidelity"] == pytest.approx(1.0, abs=1e-6)
+    [report] = _versions(project, "08_reporting/evaluation/report")
+    text = (report / "report" / "report.md").read_text()
+    for method in DEFAULT_METHODS:
+        assert f"| {method} " in text, method
+    assert "mean nothing" in text and "Table 2" in text
+    assert {p.name for p in (report / "report").iterdir()} == {"report.md", "metrics_chart.png",
+                                                                "contact_sheet_seed0.png", "contact_sheet_seed1.png"}
+    [images] = _versions(project, "07_model_output/generated")
+    assert len(list((images / "generated").glob("*.png"))) == len(DEFAULT_METHODS) * 5 * 2  # methods × prompts × seeds
+
+
+def test_job_is_in_mlflow(job):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{job['project'] / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("ziplora_pipeline")
+    [run] = client.search_runs([exp.experiment_id])
+    metrics = run.data.metrics
+    for method in DEFAULT_METHODS:
+        assert f"eval.{method}.subject_fidelity" in metrics and f"eval.{method}.style_fidelity" in metrics
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "report/report")}
+    assert "report/report/report.md" in logged
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "generation")} >= {
+        "generation/contact_sheets", "generation/generated_images", "generation/generation_manifest"}
+
+
+def test_generation_and_evaluation_run_on_their_own(job):
+    project = job["project"]
+    _kedro(project, "run", "--pipeline", "generation")
+    assert len(_versions(project, "08_reporting/generation/contact_sheets")) == 2
+    _kedro(project, "run", "--pipeline", "evaluation")
+    reports = _versions(project, "08_reporting/evaluation/report")
+    assert len(reports) == 2
+    tables = [pd.read_csv(v / "metrics.csv") for v in _versions(project, "08_reporting/evaluation/metrics.csv")]
+    # Same LoRAs, same seeds: the second evaluation reproduces the first's output fidelity exactly.
+    pd.testing.assert_series_equal(tables[0]["subject_fidelity"], tables[1]["subject_fidelity"])
+
+
+def test_notebook_runs_top_to_bottom_on_the_latest_run(job):
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(job["project"] / "notebooks" / "walkthrough.ipynb", as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(job["project"])}}).execute()
+    text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "contact_sheet_seed0" in text and "Output fidelity, ziplora vs direct_merge" in text
+    images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= 4  # contact sheet, metrics chart, merge analysis, merge curves
