@@ -44,7 +44,8 @@ def generate_images(method_loras: dict[str, LoraFile], subject_lora: LoraFile, s
                     base_params: dict) -> tuple[dict[str, Image.Image], dict]:
     """Every enabled method × prompt × seed; returns ``{image name: PIL}`` and a manifest."""
     cfg = from_dict(GenerationConfig, generation_params, "generation")
-    pipe = load_base_pipeline(from_dict(BaseModelConfig, base_params, "base_model"))
+    # for_inference: honours base_model.cpu_offload (enable_model_cpu_offload on small GPUs)
+    pipe = load_base_pipeline(from_dict(BaseModelConfig, base_params, "base_model"), for_inference=True)
     for lora, name in ((subject_lora, "subject LoRA"), (style_lora, "style LoRA")):
         check_family(lora, model_family(pipe), name)
     items = cfg.prompt_items()
