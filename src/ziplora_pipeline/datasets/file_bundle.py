@@ -8,34 +8,28 @@ open ``report.md`` there and the images show.
 from __future__ import annotations
 
 import io
-import os
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
-from kedro.io.core import AbstractVersionedDataset, DatasetError, Version, get_filepath_str, get_protocol_and_path
+from kedro.io.core import DatasetError
 from PIL import Image
 
 from ._atomic import atomic_path
+from ._base import LocalVersionedDataset
 
 TEXT_SUFFIXES = (".md", ".txt", ".csv", ".json", ".html")
 
 
-class FileBundleDataset(AbstractVersionedDataset[dict, dict]):
+class FileBundleDataset(LocalVersionedDataset):
     """``{file name: str | bytes | PIL.Image | matplotlib Figure}`` <-> files in a versioned folder.
 
     Loads text files as ``str``, PNG/JPEG as ``PIL.Image``, anything else as ``bytes``.
     """
 
-    def __init__(self, *, filepath: str, version: Version | None = None, metadata: dict[str, Any] | None = None):
-        protocol, path = get_protocol_and_path(filepath, version)
-        if protocol != "file":
-            raise DatasetError(f"FileBundleDataset writes local folders only, got {filepath!r}.")
-        self._protocol = protocol
-        self.metadata = metadata
-        super().__init__(filepath=PurePosixPath(path), version=version, exists_function=os.path.exists)
+    is_folder = True
 
     def load(self) -> dict[str, Any]:
-        folder = Path(get_filepath_str(self._get_load_path(), self._protocol))
+        folder = Path(self._load_path())
         if not folder.is_dir():
             raise DatasetError(f"No file bundle at {folder}.")
         return {p.name: _read(p) for p in sorted(folder.iterdir()) if p.is_file()}
@@ -43,21 +37,12 @@ class FileBundleDataset(AbstractVersionedDataset[dict, dict]):
     def save(self, data: dict[str, Any]) -> None:
         if not isinstance(data, dict) or not data:
             raise DatasetError("FileBundleDataset saves a non-empty dict {file name: content}.")
-        folder = get_filepath_str(self._get_save_path(), self._protocol)
+        folder = self._save_path()
         with atomic_path(folder, directory=True) as tmp:
             for name, content in data.items():
                 if "/" in name or name.startswith("."):
                     raise DatasetError(f"FileBundleDataset: {name!r} is not a plain file name.")
                 (Path(tmp) / name).write_bytes(_bytes(content))
-
-    def _exists(self) -> bool:
-        try:
-            return os.path.isdir(get_filepath_str(self._get_load_path(), self._protocol))
-        except DatasetError:
-            return False
-
-    def _describe(self) -> dict[str, Any]:
-        return {"filepath": self._filepath, "version": self._version}
 
 
 def _bytes(content: Any) -> bytes:

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import PurePosixPath
-from typing import Any
-
-from kedro.io.core import AbstractVersionedDataset, DatasetError, Version, get_filepath_str, get_protocol_and_path
+from kedro.io.core import DatasetError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..core.lora_io import LoraFile
 from ._atomic import atomic_path
+from ._base import LocalVersionedDataset
 
 
-class LoraSafetensorsDataset(AbstractVersionedDataset[LoraFile, LoraFile]):
+class LoraSafetensorsDataset(LocalVersionedDataset):
     """Saves/loads a ``LoraFile`` as ``.safetensors`` with its metadata header, atomically.
 
     Example catalog entry::
@@ -28,34 +25,16 @@ class LoraSafetensorsDataset(AbstractVersionedDataset[LoraFile, LoraFile]):
     ``StableDiffusionXLPipeline.load_lora_weights(path)``.
     """
 
-    def __init__(self, *, filepath: str, version: Version | None = None, metadata: dict[str, Any] | None = None):
-        protocol, path = get_protocol_and_path(filepath, version)
-        if protocol != "file":
-            raise DatasetError(f"LoraSafetensorsDataset writes local files only, got {filepath!r}.")
-        self._protocol = protocol
-        self.metadata = metadata
-        super().__init__(filepath=PurePosixPath(path), version=version, exists_function=os.path.exists)
-
     def load(self) -> LoraFile:
-        path = get_filepath_str(self._get_load_path(), self._protocol)
+        path = self._load_path()
         return read_lora_file(path)
 
     def save(self, data: LoraFile) -> None:
         if not isinstance(data, LoraFile):
             raise DatasetError(f"LoraSafetensorsDataset saves a LoraFile, got {type(data).__name__}.")
-        path = get_filepath_str(self._get_save_path(), self._protocol)
+        path = self._save_path()
         with atomic_path(path) as tmp:
             save_file(data.state_dict, str(tmp), metadata=data.metadata)
-
-    def _exists(self) -> bool:
-        try:
-            path = get_filepath_str(self._get_load_path(), self._protocol)
-        except DatasetError:
-            return False
-        return os.path.isfile(path)
-
-    def _describe(self) -> dict[str, Any]:
-        return {"filepath": self._filepath, "version": self._version}
 
 
 def read_lora_file(path: str) -> LoraFile:
