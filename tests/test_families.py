@@ -92,3 +92,36 @@ def test_sd15_env_parameters_validate():
     assert cfg["data_prep"].resolution == 512
     assert cfg["base_model"].pretrained_model_name_or_path == "stable-diffusion-v1-5/stable-diffusion-v1-5"
     assert cfg["subject"].lora.mixed_precision == "fp16" and cfg["merge"].steps == 100
+
+
+@pytest.mark.slow
+def test_whole_job_on_the_sd15_miniature(tmp_path):
+    """`kedro run` (all stages) on an SD-1.5-shaped miniature: only parameters differ from SDXL."""
+    import shutil
+
+    import pandas as pd
+
+    from ziplora_pipeline.sample_data import write_sample_data
+
+    from .conftest import PROJECT_ROOT
+    from .test_full_job import _kedro
+
+    shutil.copytree(PROJECT_ROOT / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
+    (tmp_path / "conf" / "local").mkdir()
+    for name in ("pyproject.toml", ".telemetry"):
+        shutil.copy(PROJECT_ROOT / name, tmp_path / name)
+    (tmp_path / "src").mkdir()
+    write_sample_data(tmp_path / "data" / "01_raw", size=128)
+    params = ("base_model.pretrained_model_name_or_path=data/06_models/miniature_sd15,base_model.miniature_family=sd,"
+              "subject.lora.steps=5,style.lora.steps=5,joint.lora.steps=5,merge.steps=5")
+    _kedro(tmp_path, "run", "--params", params)
+    model_index = json.loads((tmp_path / "data/06_models/miniature_sd15/model_index.json").read_text())
+    assert model_index["_class_name"] == "StableDiffusionPipeline"
+    [lora] = (tmp_path / "data/06_models/ziplora/ziplora.safetensors").glob("*/ziplora.safetensors")
+    from ziplora_pipeline.datasets.lora_safetensors import read_lora_file
+
+    assert read_lora_file(str(lora)).state_dict  # a merged LoRA was exported
+    [csv] = (tmp_path / "data/08_reporting/evaluation/metrics.csv").glob("*/metrics.csv")
+    table = pd.read_csv(csv).set_index("method")
+    assert table.loc["subject_lora", "subject_fidelity"] == pytest.approx(1.0, abs=1e-6)
+    assert table.loc["ziplora", ["subject_fidelity", "style_fidelity"]].notna().all()
