@@ -17,6 +17,8 @@ from ziplora_pipeline.datasets import (
     LoraSafetensorsDataset,
     TensorDictDataset,
 )
+from ziplora_pipeline.datasets import JSONDataset
+from ziplora_pipeline.datasets import atomic_files as atomic_files_module
 from ziplora_pipeline.datasets import image_set as image_set_module
 from ziplora_pipeline.datasets import lora_safetensors as lora_module
 from ziplora_pipeline.datasets import tensors as tensors_module
@@ -58,6 +60,7 @@ CASES = {
     "lora": (LoraSafetensorsDataset, "pytorch_lora_weights.safetensors", _lora, _same_lora),
     "images": (ImageSetDataset, "images", _images, _same_images),
     "tensors": (TensorDictDataset, "merger.safetensors", _tensors, _same_tensors),
+    "json": (JSONDataset, "training_log.json", lambda i: {"steps": i, "losses": [0.5] * i}, lambda a, b: a == b),
 }
 
 
@@ -98,6 +101,8 @@ def _fail_midway(monkeypatch, kind: str) -> None:
 
     if kind == "lora":
         monkeypatch.setattr(lora_module, "save_file", lambda tensors, path, metadata=None: partial_then_raise(path))
+    elif kind == "json":
+        monkeypatch.setattr(atomic_files_module.JSONDataset, "_write", lambda self, data, path: partial_then_raise(path))
     elif kind == "tensors":
         monkeypatch.setattr(tensors_module, "save_file", lambda tensors, path, metadata=None: partial_then_raise(path))
     else:  # images: the second PNG of the set fails half-written
@@ -184,3 +189,20 @@ def test_binary_and_checkpoint_store_datasets(tmp_path):
     assert store.folder == tmp_path / "ckpt" and store.keep == 3
     with pytest.raises(DatasetError, match="read-only"):
         CheckpointStoreDataset(path=str(tmp_path / "ckpt")).save({"step": 1})
+
+
+def test_figure_dataset_writes_a_png_atomically(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ziplora_pipeline.datasets import FigureDataset
+
+    fig, ax = plt.subplots()
+    ax.plot([1, 2, 3])
+    ds = FigureDataset(filepath=str(tmp_path / "curve.png"), version=Version(None, V1), save_args={"dpi": 50})
+    ds.save(fig)
+    data = FigureDataset(filepath=str(tmp_path / "curve.png"), version=Version(None, None)).load()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in (tmp_path / "curve.png" / V1).iterdir()] == ["curve.png"]  # no temporary left

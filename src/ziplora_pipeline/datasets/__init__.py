@@ -1,5 +1,7 @@
-"""Custom Kedro datasets: LoRA safetensors files, image sets, raw bytes, checkpoint folders."""
+"""Custom Kedro datasets: LoRA safetensors files, image sets, raw bytes, checkpoint folders, and
+atomic versions of the JSON/text/CSV/figure datasets (every versioned save is write-then-rename)."""
 
+from .atomic_files import CSVDataset, FigureDataset, JSONDataset, TextDataset
 from .binary import BinaryDataset
 from .checkpoint_store import CheckpointStoreDataset
 from .file_bundle import FileBundleDataset
@@ -8,5 +10,5 @@ from .lora_safetensors import LoraSafetensorsDataset
 from .lora_set import LoraSetDataset
 from .tensors import TensorDictDataset
 
-__all__ = ["BinaryDataset", "CheckpointStoreDataset", "FileBundleDataset", "ImageSetDataset", "LoraSafetensorsDataset",
+__all__ = ["CSVDataset", "FigureDataset", "JSONDataset", "TextDataset", "BinaryDataset", "CheckpointStoreDataset", "FileBundleDataset", "ImageSetDataset", "LoraSafetensorsDataset",
            "LoraSetDataset", "TensorDictDataset"]

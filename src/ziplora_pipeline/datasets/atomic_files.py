@@ -1,0 +1,85 @@
+"""Versioned JSON, text, CSV and figure datasets whose saves are atomic.
+
+kedro-datasets' ``json.JSONDataset``, ``text.TextDataset``, ``pandas.CSVDataset`` and
+``matplotlib.MatplotlibDataset`` write straight to the versioned path, so a crash mid-write
+leaves a truncated file that the next run would load as the newest version. These write to a
+hidden temporary file and rename it into place (see ``_atomic``); everything else — the
+``<filepath>/<version>/<basename>`` layout, ``--load-versions``, ``save_args`` — is the same.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from kedro.io.core import DatasetError, Version
+
+from ._atomic import atomic_path
+from ._base import LocalVersionedDataset
+
+
+class _AtomicFileDataset(LocalVersionedDataset):
+    def __init__(self, *, filepath: str, version: Version | None = None, save_args: dict[str, Any] | None = None,
+                 load_args: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None):
+        super().__init__(filepath=filepath, version=version, metadata=metadata)
+        self._save_args, self._load_args = dict(save_args or {}), dict(load_args or {})
+
+    def load(self) -> Any:
+        return self._read(Path(self._load_path()))
+
+    def save(self, data: Any) -> None:
+        with atomic_path(self._save_path()) as tmp:
+            self._write(data, Path(tmp))
+
+    def _read(self, path: Path) -> Any:
+        raise NotImplementedError
+
+    def _write(self, data: Any, path: Path) -> None:
+        raise NotImplementedError
+
+
+class JSONDataset(_AtomicFileDataset):
+    """Any JSON-able value; ``save_args`` go to ``json.dump`` (e.g. ``indent: 2``)."""
+
+    def _read(self, path: Path) -> Any:
+        return json.loads(path.read_text())
+
+    def _write(self, data: Any, path: Path) -> None:
+        path.write_text(json.dumps(data, **self._save_args))
+
+
+class TextDataset(_AtomicFileDataset):
+    def _read(self, path: Path) -> str:
+        return path.read_text()
+
+    def _write(self, data: str, path: Path) -> None:
+        path.write_text(data)
+
+
+class CSVDataset(_AtomicFileDataset):
+    """A pandas DataFrame; ``save_args``/``load_args`` go to ``to_csv``/``read_csv``."""
+
+    def _read(self, path: Path):
+        import pandas as pd
+
+        return pd.read_csv(path, **self._load_args)
+
+    def _write(self, data, path: Path) -> None:
+        data.to_csv(path, **self._save_args)
+
+
+class FigureDataset(_AtomicFileDataset):
+    """A matplotlib figure saved as an image (``save_args`` go to ``savefig``, e.g. ``dpi``); loads bytes."""
+
+    def _read(self, path: Path) -> bytes:
+        return path.read_bytes()
+
+    def _write(self, data, path: Path) -> None:
+        if not hasattr(data, "savefig"):
+            raise DatasetError(f"FigureDataset saves a matplotlib Figure, got {type(data).__name__}.")
+        args = {"format": Path(self._filepath).suffix.lstrip(".") or "png", **self._save_args}
+        data.savefig(path, **args)  # format explicit: the temporary name has no suffix
+        import matplotlib.pyplot as plt
+
+        plt.close(data)  # figures are saved once; keep long runs from accumulating them
