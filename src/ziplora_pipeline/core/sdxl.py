@@ -61,8 +61,12 @@ def encode_latent_distribution(vae, pixels: torch.Tensor) -> tuple[torch.Tensor,
     The SDXL VAE overflows in fp16, so it runs in fp32 when its config asks to (``force_upcast``).
     """
     dtype = torch.float32 if getattr(vae.config, "force_upcast", False) else vae.dtype
-    vae_in = vae.to(dtype) if dtype != vae.dtype else vae
-    dist = vae_in.encode(pixels.to(vae.device, dtype)).latent_dist
+    original = vae.dtype
+    vae.to(dtype)
+    try:
+        dist = vae.encode(pixels.to(vae.device, dtype)).latent_dist
+    finally:
+        vae.to(original)  # as the pipeline's own upcast does: no lasting change to the caller's VAE
     sf = vae.config.scaling_factor
     return dist.mean * sf, dist.std * sf
 
