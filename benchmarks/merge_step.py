@@ -154,8 +154,6 @@ class Variant:
             self.opt = torch.optim.Adam(merger_parameters(self.wrappers), lr=0.01)
             for p in merger_parameters(self.wrappers):
                 p.requires_grad_(True)
-        if name == "floor":
-            self.pools = None
         self.setup_s = time.perf_counter() - t0
         self.cfg, self.inputs, self.scheduler, self.M = cfg["merge"], inputs, scheduler, M
 
@@ -180,17 +178,13 @@ class Variant:
         if self.name == "floor":
             return self._floor_step()
         idx = [torch.randint(0, cfg.teacher_pool, (cfg.batch_size,), generator=self.gen) for _ in self.names]
+        from ziplora_pipeline.core.ziplora import set_mergers
+
         targets = []
         with torch.no_grad():  # teachers recomputed every step: mergers one-hot
             for n, p, i in zip(self.names, self.pools, idx):
-                saved = {k: {a: m.detach().clone() for a, m in w.mergers.items()} for k, w in self.wrappers.items()}
-                for w in self.wrappers.values():
-                    for a, m in w.mergers.items():
-                        m.fill_(1.0 if a == n else 0.0)
-                targets.append(M._unet(self.unet, *M._cond([p], [i])))
-                for k, w in self.wrappers.items():
-                    for a, m in w.mergers.items():
-                        m.copy_(saved[k][a])
+                with set_mergers(self.wrappers, {n: 1.0}):
+                    targets.append(M._unet(self.unet, *M._cond([p], [i])))
         pred = M._unet(self.unet, *M._cond(self.pools, idx)).split(cfg.batch_size)
         recon = [M.reconstruction(pr, t, cfg.squared_norm) for pr, t in zip(pred, targets)]
         from ziplora_pipeline.core.ziplora import overlap_penalty
@@ -204,14 +198,13 @@ class Variant:
 
     def _floor_step(self) -> float:
         torch, M = self.torch, self.M
-        b = self.cfg.batch_size
         pools = self._floor_batch()
         pred = M._unet(self.unet, *pools[:5])
         loss = torch.nn.functional.mse_loss(pred.float(), pools[5].float())
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        return loss.item() * b
+        return loss.item()
 
     def _floor_batch(self):
         torch = self.torch

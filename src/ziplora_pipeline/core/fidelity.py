@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from .methods import MethodAssets, MethodSpec, lora_applied
-from .sdxl import ConceptInputs, encode_concept, noisy_batch, training_scheduler, unet_predict
+from .sdxl import ConceptInputs, encode_concept, noisy_batch, predict_in_chunks, training_scheduler
 
 CONCEPTS = ("subject", "style")
 
@@ -55,9 +55,7 @@ def make_probe(pipe, images: list, prompt: str, samples: int, seed: int,
 @torch.no_grad()
 def predict(unet, probe: Probe, batch_size: int = 8) -> torch.Tensor:
     """The UNet's noise predictions on the probe -> (P, C, h, w), in float32 on the CPU."""
-    outs = [unet_predict(unet, probe.noisy[s:s + batch_size], probe.timesteps[s:s + batch_size], probe.inputs)
-            for s in range(0, probe.noisy.shape[0], batch_size)]
-    return torch.cat(outs).float().cpu()
+    return predict_in_chunks(unet, probe.noisy, probe.timesteps, probe.inputs, batch_size).float().cpu()
 
 
 def fidelity_table(pipe, specs: dict[str, MethodSpec], assets: MethodAssets, probes: dict[str, Probe],

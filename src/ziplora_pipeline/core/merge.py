@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .config_utils import require
 from .lora_factors import LoraFactors
-from .sdxl import ConceptInputs, batch_conditioning, noisy_batch, unet_call
+from .sdxl import ConceptInputs, batch_conditioning, noisy_batch, predict_in_chunks, unet_call
 from .ziplora import (ZipLoRALinear, attach_ziplora, mean_abs_cosine, merger_parameters, merger_state_dict,
                       overlap_penalty, set_mergers)
 
@@ -101,17 +101,10 @@ def build_teacher_pool(unet, wrappers: dict[str, ZipLoRALinear], scheduler, name
     idx = torch.randint(0, n, (cfg.teacher_pool,), generator=generator)
     latents = inputs.sample_latents(idx, generator)
     noisy, _, t = noisy_batch(scheduler, latents, generator, cfg.timestep_range)
-    targets = []
     with set_mergers(wrappers, {name: 1.0}):  # other adapters' mergers 0: exactly D ⊕ L_name
-        for s in range(0, cfg.teacher_pool, cfg.batch_size):
-            sl = slice(s, s + cfg.batch_size)
-            b = noisy[sl].shape[0]
-            targets.append(_unet(unet, noisy[sl], t[sl], *batch_conditioning(inputs, b)))
-    target = torch.cat(targets)
+        target = predict_in_chunks(unet, noisy, t, inputs, cfg.batch_size)
     with set_mergers(wrappers, {}):  # all mergers 0: the base model D alone
-        base = torch.cat([_unet(unet, noisy[s:s + cfg.batch_size], t[s:s + cfg.batch_size],
-                                *batch_conditioning(inputs, len(t[s:s + cfg.batch_size])))
-                          for s in range(0, cfg.teacher_pool, cfg.batch_size)])
+        base = predict_in_chunks(unet, noisy, t, inputs, cfg.batch_size)
     effect = reconstruction(base, target, cfg.squared_norm).item()
     return TeacherPool(noisy, t, target, inputs, max(effect, 1e-12))
 
@@ -124,11 +117,11 @@ def pool_terms(unet, wrappers, pools: list[TeacherPool], names: list[str], cfg: 
     """
     terms = {}
     for name, pool in zip(names, pools):
+        pred = predict_in_chunks(unet, pool.noisy, pool.timesteps, pool.inputs, cfg.batch_size)
         total = 0.0
-        for s in range(0, cfg.teacher_pool, cfg.batch_size):
-            i = torch.arange(s, min(s + cfg.batch_size, cfg.teacher_pool))
-            pred = _unet(unet, *_cond([pool], [i]))
-            total += reconstruction(pred, pool.target[i], cfg.squared_norm).item() / _norm(pool, cfg) * len(i)
+        for s in range(0, cfg.teacher_pool, cfg.batch_size):  # per-batch terms, as in training, weighted by size
+            i = slice(s, s + cfg.batch_size)
+            total += reconstruction(pred[i], pool.target[i], cfg.squared_norm).item() / _norm(pool, cfg) * len(pred[i])
         terms[f"recon_{name}"] = total / cfg.teacher_pool
     terms["overlap"] = overlap_penalty(wrappers.values(), cfg.overlap).item()
     terms["mean_abs_cos"] = mean_abs_cosine(wrappers.values())

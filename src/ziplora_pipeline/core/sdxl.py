@@ -114,6 +114,14 @@ def unet_predict(unet, noisy: torch.Tensor, timesteps: torch.Tensor, inputs: Con
     return unet_call(unet, noisy, timesteps, *batch_conditioning(inputs, noisy.shape[0]))
 
 
+@torch.no_grad()
+def predict_in_chunks(unet, noisy: torch.Tensor, timesteps: torch.Tensor, inputs: ConceptInputs,
+                      batch_size: int) -> torch.Tensor:
+    """No-grad predictions for many samples of one concept, ``batch_size`` at a time -> (P, C, h, w)."""
+    return torch.cat([unet_predict(unet, noisy[s:s + batch_size], timesteps[s:s + batch_size], inputs)
+                      for s in range(0, noisy.shape[0], batch_size)])
+
+
 def training_scheduler(pipe):
     """The DDPM noise schedule matching the pipeline's inference scheduler (as diffusers' scripts do)."""
     from diffusers import DDPMScheduler

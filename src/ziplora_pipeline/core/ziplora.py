@@ -49,14 +49,6 @@ class ZipLoRALinear(nn.Module):
         # Mergers in fp32 (master weights) even for a half-precision UNet; init 1 = direct merge.
         self.mergers = nn.ParameterDict({n: nn.Parameter(torch.ones(base.in_features, device=device)) for n in factors})
 
-    def lora_A(self, name: str) -> torch.Tensor:
-        """A of adapter ``name``: (r_name, in)."""
-        return self.A.split(self.ranks)[self.names.index(name)]
-
-    def lora_B(self, name: str) -> torch.Tensor:
-        """s·B of adapter ``name``: (out, r_name)."""
-        return self.B.split(self.ranks, dim=1)[self.names.index(name)]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (..., in) -> (..., out)
         m = torch.cat([self.mergers[n].expand(r, -1) for n, r in zip(self.names, self.ranks)])  # (Σr, in)
         scaled_A = self.A * m.to(self.A.dtype)  # [A_1 diag(m_1); …; A_k diag(m_k)]

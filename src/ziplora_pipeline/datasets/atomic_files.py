@@ -9,6 +9,7 @@ hidden temporary file and rename it into place (see ``_atomic``); everything els
 
 from __future__ import annotations
 
+import abc
 import json
 from pathlib import Path
 from typing import Any
@@ -32,11 +33,13 @@ class _AtomicFileDataset(LocalVersionedDataset):
         with atomic_path(self._save_path()) as tmp:
             self._write(data, Path(tmp))
 
+    @abc.abstractmethod
     def _read(self, path: Path) -> Any:
-        raise NotImplementedError
+        """The value stored in the complete file ``path``."""
 
+    @abc.abstractmethod
     def _write(self, data: Any, path: Path) -> None:
-        raise NotImplementedError
+        """Write ``data`` to ``path`` (a temporary name; the base class renames it into place)."""
 
 
 class JSONDataset(_AtomicFileDataset):
