@@ -16,6 +16,7 @@ from .core.evaluation import EvaluationConfig
 from .core.generation import GenerationConfig
 from .core.lora_training import LoraTrainingConfig
 from .core.merge import MergeConfig
+from .core.toy_world.config import PretrainConfig
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ SCHEMA: dict[str, type] = {
     "joint": LoraStageConfig,
     "generation": GenerationConfig,
     "evaluation": EvaluationConfig,
+    "pretrain": PretrainConfig,
 }
 
 

@@ -34,6 +34,9 @@ class MiniatureSpec:
     time_embed_dim: int = 8  # addition_time_embed_dim (SDXL: 256)
     vae_channels: tuple[int, ...] = (8, 16, 16, 16)  # 4 levels -> 8x downsampling like SDXL
     sample_size: int = 64  # pixels
+    # Words the tokenizer keeps whole (BPE merges built for them, as CLIP's BPE does for common
+    # words); anything else, e.g. the rare tokens "sks"/"zwx", stays one token per character.
+    words: tuple[str, ...] = ()
 
 
 def _byte_vocab() -> dict[str, int]:
@@ -56,11 +59,31 @@ def _byte_vocab() -> dict[str, int]:
     return {tok: i for i, tok in enumerate(tokens)}
 
 
-def _tokenizer():
+def _tokenizer(words: tuple[str, ...] = ()):
+    """An offline CLIP tokenizer: the byte-level alphabet plus one whole-word token per ``words``.
+
+    For each word the BPE merges join its characters left to right ("r o" -> "ro", "ro b" ->
+    "rob", ...), so it encodes as a single token, like frequent words in CLIP's real vocabulary.
+    The special tokens stay the last two ids (the text encoders' bos/eos ids depend on it).
+    """
     from transformers import CLIPTokenizer
 
+    vocab = {k: i for k, i in _byte_vocab().items() if not k.startswith("<|")}
+    merges = []
+    for word in words:
+        if len(word) < 2:
+            continue
+        symbols = list(word[:-1]) + [word[-1] + "</w>"]
+        current = symbols[0]
+        for symbol in symbols[1:]:
+            if current + symbol not in vocab:
+                vocab[current + symbol] = len(vocab)
+                merges.append((current, symbol))
+            current += symbol
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
     # transformers 5's CLIPTokenizer takes the vocabulary itself (no vocab file needed).
-    return CLIPTokenizer(vocab=_byte_vocab(), merges=[], model_max_length=77)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
 
 
 def build_miniature_sdxl(spec: MiniatureSpec = MiniatureSpec()):
@@ -74,8 +97,8 @@ def build_miniature_sdxl(spec: MiniatureSpec = MiniatureSpec()):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(spec.seed)
-    tokenizer = _tokenizer()
-    vocab = len(_byte_vocab())
+    tokenizer = _tokenizer(tuple(spec.words))
+    vocab = len(tokenizer)
     text_cfg = dict(
         hidden_size=spec.text_hidden, intermediate_size=spec.text_hidden * 2, num_hidden_layers=spec.text_layers,
         num_attention_heads=4, vocab_size=vocab, max_position_embeddings=77,

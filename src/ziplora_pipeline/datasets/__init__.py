@@ -4,11 +4,12 @@ atomic versions of the JSON/text/CSV/figure datasets (every versioned save is wr
 from .atomic_files import CSVDataset, FigureDataset, JSONDataset, TextDataset
 from .binary import BinaryDataset
 from .checkpoint_store import CheckpointStoreDataset
+from .diffusers_folder import DiffusersFolderDataset
 from .file_bundle import FileBundleDataset
 from .image_set import ImageSetDataset
 from .lora_safetensors import LoraSafetensorsDataset
 from .lora_set import LoraSetDataset
 from .tensors import TensorDictDataset
 
-__all__ = ["CSVDataset", "FigureDataset", "JSONDataset", "TextDataset", "BinaryDataset", "CheckpointStoreDataset", "FileBundleDataset", "ImageSetDataset", "LoraSafetensorsDataset",
+__all__ = ["CSVDataset", "FigureDataset", "JSONDataset", "TextDataset", "BinaryDataset", "CheckpointStoreDataset", "DiffusersFolderDataset", "FileBundleDataset", "ImageSetDataset", "LoraSafetensorsDataset",
            "LoraSetDataset", "TensorDictDataset"]

@@ -1,0 +1,18 @@
+"""``pretrain``: the toy-world SDXL (render → VAE → encode → UNet + text encoders). Not in ``__default__``."""
+
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import encode_pool, make_pool, pretrain_unet, pretrain_vae
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline([
+        Node(make_pool, inputs="params:pretrain", outputs=["toy_pool", "toy_captions"], name="render_toy_pool"),
+        Node(pretrain_vae, inputs=["toy_pool", "params:pretrain", "pretrain_checkpoints"],
+             outputs=["toy_vae_weights", "toy_vae_log"], name="pretrain_vae"),
+        Node(encode_pool, inputs=["toy_pool", "toy_vae_weights", "params:pretrain"], outputs="toy_latents",
+             name="encode_toy_pool"),
+        Node(pretrain_unet, inputs=["toy_latents", "toy_captions", "toy_vae_weights", "params:pretrain",
+                                    "pretrain_checkpoints"],
+             outputs=["toy_sdxl", "toy_unet_log"], name="pretrain_unet"),
+    ], tags=["pretrain"])
