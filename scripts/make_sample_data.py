@@ -1,8 +1,9 @@
-"""Write the procedurally drawn sample subject and style under data/01_raw (see sample_data.py)."""
+"""Write the toy world's sample subject and style under data/01_raw (see ziplora_pipeline/sample_data.py)."""
 
 import argparse
 import logging
 
+from ziplora_pipeline.core.toy_world.render import CLASSES, STYLES
 from ziplora_pipeline.sample_data import write_sample_data
 
 if __name__ == "__main__":
@@ -10,6 +11,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", default="data/01_raw")
     parser.add_argument("--views", type=int, default=5)
-    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--style", default="neon", choices=STYLES)
+    parser.add_argument("--style-noun", default="house", choices=CLASSES)
     args = parser.parse_args()
-    write_sample_data(args.root, args.views, args.size)
+    write_sample_data(args.root, args.views, args.size, style=args.style, style_noun=args.style_noun)

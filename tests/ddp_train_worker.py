@@ -10,11 +10,11 @@ from ziplora_pipeline.core.base_model import BaseModelConfig, load_base_pipeline
 from ziplora_pipeline.core.images import square_resize
 from ziplora_pipeline.core.lora_training import LoraTrainingConfig, train_lora
 from ziplora_pipeline.core.sdxl import encode_concept
-from ziplora_pipeline.sample_data import draw_robot
+from ziplora_pipeline.sample_data import subject_views
 
 model, out = sys.argv[1], sys.argv[2]
 pipe = load_base_pipeline(BaseModelConfig(pretrained_model_name_or_path=model, miniature_seed=None, device="cpu"))
-inputs = encode_concept(pipe, [square_resize(draw_robot(v, 128), 64) for v in range(2)], "a photo of sks robot")
+inputs = encode_concept(pipe, subject_views(views=2, size=64), "a photo of sks robot")
 result = train_lora(pipe, inputs, LoraTrainingConfig(steps=4, learning_rate=1e-2), "subject")
 rank = os.environ["RANK"]
 save_file(result.lora.state_dict, f"{out}/rank{rank}.safetensors",

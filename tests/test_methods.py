@@ -24,13 +24,13 @@ from ziplora_pipeline.datasets.lora_safetensors import LoraSafetensorsDataset
 
 from .conftest import RESOLUTION
 
-SUBJECT_PROMPT, STYLE_PROMPT = "a photo of sks robot", "a flower in zwx style"
+SUBJECT_PROMPT, STYLE_PROMPT = "a photo of sks robot", "a cat in zwx style"
 
 
 @pytest.fixture(scope="module")
 def style_images(sample_raw):
     return [square_resize(Image.open(p).convert("RGB"), RESOLUTION)
-            for p in sorted((sample_raw / "styles" / "mosaic").glob("*.png"))]
+            for p in sorted((sample_raw / "styles" / "neon").glob("*.png"))]
 
 
 @pytest.fixture(scope="module")

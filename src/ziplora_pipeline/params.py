@@ -46,7 +46,7 @@ class DataPrepConfig:
     subject: ConceptDataConfig = field(default_factory=lambda: ConceptDataConfig(
         "robot", "sks", "robot", "a photo of {token} {noun}"))
     style: ConceptDataConfig = field(default_factory=lambda: ConceptDataConfig(
-        "mosaic", "zwx", "flower", "a {noun} in {token} style"))
+        "neon", "zwx", "house", "a {noun} in {token} style"))
 
     def __post_init__(self):
         require(self.resolution >= 8 and self.resolution % 8 == 0,

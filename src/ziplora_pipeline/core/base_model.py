@@ -129,13 +129,24 @@ def ensure_base_model(cfg: BaseModelConfig) -> str:
 
         write_miniature_sdxl(path, MiniatureSpec(seed=cfg.miniature_seed, family=cfg.miniature_family))
     if path.exists():
-        check_sdxl_folder(path)
+        try:
+            check_sdxl_folder(path)
+        except BaseModelError as err:
+            raise BaseModelError(f"{err} {_restore_hint(source)}") from err
     elif source.startswith((".", "/")) or source.count("/") != 1:
         raise BaseModelError(
             f"Base model {source!r} is neither an existing folder nor a hub id (owner/name). Fix "
-            "base_model.pretrained_model_name_or_path, or set base_model.miniature_seed to build the miniature model."
+            f"base_model.pretrained_model_name_or_path. {_restore_hint(source)}"
         )
     return source
+
+
+def _restore_hint(source: str) -> str:
+    """What to do when a local model folder is missing or broken (the toy-world default is committed)."""
+    if Path(source).is_absolute() or source.count("/") == 1 and not Path(source).exists():
+        return ""
+    return (f"If it is the project's toy-world model, restore the committed copy (`git checkout -- {source}`) or "
+            "rebuild it with `kedro run --pipelines pretrain`.")
 
 
 def detect_family(source: str, cfg: BaseModelConfig) -> str:
@@ -186,8 +197,10 @@ def load_base_pipeline(cfg: BaseModelConfig, for_inference: bool = False):
             source, dtype=dtype, revision=cfg.revision, variant=cfg.variant,
             local_files_only=cfg.local_files_only, **extra,
         )
-    except (OSError, ValueError, TypeError) as err:
-        raise BaseModelError(f"Could not load {family} base model {source!r}: {err}") from err
+    except Exception as err:  # noqa: BLE001 - OS, format, safetensors header errors alike: name the folder
+        hint = _restore_hint(source) if Path(source).exists() else ""
+        raise BaseModelError(f"Could not load {family} base model {source!r}: {type(err).__name__}: "
+                             f"{str(err).splitlines()[0] if str(err) else ''} {hint}".rstrip()) from err
     if for_inference and cfg.cpu_offload and device.type == "cuda":
         pipe.enable_model_cpu_offload(device=device)
     else:

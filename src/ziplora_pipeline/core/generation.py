@@ -28,7 +28,7 @@ class PromptGroups:
     """Prompts per group; the defaults use data_prep's tokens (sks robot, zwx style)."""
 
     subject: tuple[str, ...] = ("a sks robot",)
-    style: tuple[str, ...] = ("a flower in zwx style",)  # paper: "a [object] in [S] style"
+    style: tuple[str, ...] = ("a cat in zwx style",)  # paper: "a [object] in [S] style"
     merge: tuple[str, ...] = ("a sks robot in zwx style",)
     recontext: tuple[str, ...] = ("a sks robot riding a bicycle in zwx style", "a sks robot wearing a hat in zwx style")
 

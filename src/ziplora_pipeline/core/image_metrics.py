@@ -28,6 +28,7 @@ from .config_utils import require
 
 logger = logging.getLogger(__name__)
 RANDOM_MARKER = "tiny_random_encoder.json"  # written beside the weights of a built random encoder
+TOY_MARKER = "toy_judge.json"  # beside the weights of a toy-world judge (core/toy_world/judges.py)
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,14 @@ class ClipEncoder:
         ids = self.tokenizer(texts, padding=True, truncation=True, max_length=77, return_tensors="pt").to(self.device)
         return F.normalize(self.model.get_text_features(**ids).pooler_output.float(), dim=-1)
 
+    def style_scores(self, images: list, style_refs: list) -> torch.Tensor:
+        """CLIP-I: (N,) mean cosine of each image's embedding to the style images' (Table 2)."""
+        return (self.images(images) @ self.images(style_refs).T).mean(-1)
+
+    def text_scores(self, images: list, prompts: list[str]) -> torch.Tensor:
+        """CLIP-T: (N,) cosine of each image's embedding to its prompt's."""
+        return (self.images(images) * self.texts(prompts)).sum(-1)
+
 
 class DinoEncoder:
     def __init__(self, folder: str, device, local_files_only: bool = False):
@@ -115,12 +124,19 @@ class DinoEncoder:
         px = self.processor(images=images, return_tensors="pt")["pixel_values"].to(self.device)
         return F.normalize(self.model(pixel_values=px).last_hidden_state[:, 0].float(), dim=-1)
 
+    def subject_scores(self, images: list, subject_refs: list) -> torch.Tensor:
+        """DINO: (N,) mean cosine of each image's [CLS] embedding to the subject images'."""
+        return (self.images(images) @ self.images(subject_refs).T).mean(-1)
+
 
 @dataclass
 class ImageEncoders:
-    clip: ClipEncoder | None = None
-    dino: DinoEncoder | None = None
+    """The two encoders; either may be the toy world's judge of that role (``toy``), same methods."""
+
+    clip: ClipEncoder | None = None  # style_scores, text_scores
+    dino: DinoEncoder | None = None  # subject_scores
     random: list[str] = field(default_factory=list)  # which of them are tiny random stand-ins
+    toy: list[str] = field(default_factory=list)  # which of them are the toy world's trained judges
     notes: list[str] = field(default_factory=list)  # what could not be loaded, and what that skips
 
 
@@ -140,7 +156,11 @@ def load_encoders(cfgs: dict[str, EncoderConfig], device) -> ImageEncoders:
         try:
             if cfg.build_seed is not None and not path.exists():
                 _BUILDERS[kind](path, cfg.build_seed)
-            setattr(out, kind, _CLASSES[kind](cfg.name_or_path, device, cfg.local_files_only))
+            if (path / TOY_MARKER).is_file():  # the toy world's judge for this role (core/toy_world/judges.py)
+                setattr(out, kind, _toy_class(kind)(cfg.name_or_path, device))
+                out.toy.append(kind)
+            else:
+                setattr(out, kind, _CLASSES[kind](cfg.name_or_path, device, cfg.local_files_only))
         except Exception as err:  # noqa: BLE001 - hub/OS/format errors alike: report, skip these metrics
             note = (f"The {kind.upper()} encoder {cfg.name_or_path!r} could not be loaded "
                     f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); {_SKIPS[kind]} and harmonic are "
@@ -151,6 +171,12 @@ def load_encoders(cfgs: dict[str, EncoderConfig], device) -> ImageEncoders:
         if (path / RANDOM_MARKER).is_file():
             out.random.append(kind)
     return out
+
+
+def _toy_class(kind: str):
+    from .toy_world.judges import ToyAttributeEncoder, ToyIdentityEncoder
+
+    return {"clip": ToyAttributeEncoder, "dino": ToyIdentityEncoder}[kind]
 
 
 def neutral_prompt(prompt: str, tokens: tuple[str, ...]) -> str:
@@ -165,16 +191,28 @@ def harmonic(a: float | None, b: float | None) -> float | None:
     return 2 * a * b / (a + b)
 
 
+def image_scores(encoders: ImageEncoders, images: list, prompts: list[str], subject_refs: list, style_refs: list,
+                 tokens: tuple[str, ...]) -> dict[str, list[float] | None]:
+    """Per-image scores (lists of N floats, None where the encoder is missing): clip_style, dino_subject,
+    clip_text. Per image, so that intervals can be taken over seeds."""
+    out: dict[str, list[float] | None] = {"clip_style": None, "dino_subject": None, "clip_text": None}
+    if encoders.clip is not None:
+        out["clip_style"] = encoders.clip.style_scores(images, style_refs).tolist()
+        out["clip_text"] = encoders.clip.text_scores(images, [neutral_prompt(p, tokens) for p in prompts]).tolist()
+    if encoders.dino is not None:
+        out["dino_subject"] = encoders.dino.subject_scores(images, subject_refs).tolist()
+    return out
+
+
+def _nanmean(values: list[float] | None) -> float | None:
+    kept = [v for v in values or [] if v == v]  # NaN: the prompt names nothing the judge scores
+    return sum(kept) / len(kept) if kept else None
+
+
 def alignment(encoders: ImageEncoders, images: list, prompts: list[str], subject_refs: list, style_refs: list,
               tokens: tuple[str, ...]) -> dict[str, float | None]:
     """Mean scores over ``images`` (with their ``prompts``): clip_style, dino_subject, clip_text, harmonic."""
-    out: dict[str, float | None] = {"clip_style": None, "dino_subject": None, "clip_text": None}
-    if encoders.clip is not None:
-        emb = encoders.clip.images(images)  # (N, D)
-        out["clip_style"] = (emb @ encoders.clip.images(style_refs).T).mean().item()  # mean over images × refs
-        texts = encoders.clip.texts([neutral_prompt(p, tokens) for p in prompts])  # (N, D)
-        out["clip_text"] = (emb * texts).sum(-1).mean().item()
-    if encoders.dino is not None:
-        out["dino_subject"] = (encoders.dino.images(images) @ encoders.dino.images(subject_refs).T).mean().item()
+    scores = image_scores(encoders, images, prompts, subject_refs, style_refs, tokens)
+    out = {k: _nanmean(v) for k, v in scores.items()}
     out["harmonic"] = harmonic(out["dino_subject"], out["clip_style"])
     return out

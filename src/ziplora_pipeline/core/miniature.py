@@ -64,15 +64,27 @@ def _tokenizer(words: tuple[str, ...] = ()):
 
     For each word the BPE merges join its characters left to right ("r o" -> "ro", "ro b" ->
     "rob", ...), so it encodes as a single token, like frequent words in CLIP's real vocabulary.
-    The special tokens stay the last two ids (the text encoders' bos/eos ids depend on it).
+    BPE applies the lowest-ranked merge present, so one word's merge can pre-empt another's chain
+    ("h o" of "house" inside "photo"): words that do not come out whole are moved to the front of
+    the merge list until all do. The special tokens stay the last two ids (the text encoders'
+    bos/eos ids depend on it).
     """
+    order = sorted(dict.fromkeys(w for w in words if len(w) > 1), key=lambda w: (-len(w), w))
+    for _ in range(len(order) + 1):
+        tok = _bpe_tokenizer(order)
+        broken = [w for w in order if len(tok(w).input_ids) != 3]  # bos, the word, eos
+        if not broken:
+            return tok
+        order = broken + [w for w in order if w not in broken]
+    raise RuntimeError(f"Could not give whole-word tokens to {broken}.")
+
+
+def _bpe_tokenizer(words: list[str]):
     from transformers import CLIPTokenizer
 
     vocab = {k: i for k, i in _byte_vocab().items() if not k.startswith("<|")}
     merges = []
     for word in words:
-        if len(word) < 2:
-            continue
         symbols = list(word[:-1]) + [word[-1] + "</w>"]
         current = symbols[0]
         for symbol in symbols[1:]:

@@ -10,6 +10,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .evaluation import METRICS, headline  # noqa: E402
+from .verdict import AXES  # noqa: E402
 
 # ZipLoRA paper (Shah et al. 2023), Table 2: mean cosine similarities over 4 subjects × 8 styles on SDXL.
 PAPER_TABLE2 = pd.DataFrame([
@@ -42,6 +43,26 @@ def metrics_chart(frame: pd.DataFrame, note: str = "") -> plt.Figure:
     return fig
 
 
+def judged_chart(judged: dict[str, dict]) -> plt.Figure:
+    """Subject, style and prompt scores per method, with 95 % bootstrap intervals over seeds as error bars."""
+    methods = list(judged)
+    axes = [a for a in AXES if any(a in judged[m] for m in methods)]
+    x = np.arange(len(methods))
+    width = 0.8 / max(len(axes), 1)
+    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(methods) + 2), 4.5))
+    for i, axis in enumerate(axes):
+        stats = [judged[m].get(axis, {}) for m in methods]
+        mean = np.array([s.get("mean", np.nan) for s in stats], dtype=float)
+        err = np.array([[m - s.get("lo", m), s.get("hi", m) - m] for m, s in zip(mean, stats)]).T
+        ax.bar(x + (i - (len(axes) - 1) / 2) * width, mean, width, yerr=err, capsize=2, label=axis)
+    ax.set_xticks(x, methods, rotation=35, ha="right")
+    ax.set(ylabel="judged score (higher is better)", ylim=(0, 1.05),
+           title="Judged on held-out prompts and seeds (error bars: 95 % bootstrap CI over seeds)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    return fig
+
+
 def _encoder_section(random: list[str], notes: list[str], encoders: dict[str, str]) -> list[str]:
     lines = ["## Image metrics: where they come from", ""]
     lines += [f"- {kind.upper()}: `{name}`" for kind, name in encoders.items()]
@@ -55,24 +76,44 @@ def _encoder_section(random: list[str], notes: list[str], encoders: dict[str, st
     return lines
 
 
+def _judged_section(judged: pd.DataFrame | None, verdict: str | None, chart: str | None, toy: list[str]) -> list[str]:
+    if judged is None:
+        return ["## Judged scores", "", "Not available: the image encoders are random stand-ins or were not loaded "
+                "(see below). Only the diagnostic output fidelity is reported.", ""]
+    who = ("the toy world's judges (trained on its renderer, never on this run's LoRAs or merge)" if toy
+           else "the configured encoders")
+    return ["## Judged scores (our Table 2)", "",
+            f"Scores of the generated images of the merge and recontextualisation prompts, judged by {who}: "
+            "**subject** = identity similarity to the subject's reference views (DINO's role), **style** = the style "
+            "judge's score for the reference style image's style (CLIP-I's role), **prompt** = how well the prompt's "
+            "class and context attributes are met (CLIP-T's role). Prompts and seeds are disjoint from everything "
+            "the LoRAs and the merge were fitted on. Mean over seeds, with 95 % percentile-bootstrap intervals "
+            "over seeds. The subject and style LoRAs alone are the ceilings of their own axis.", "",
+            f"**{verdict}**", "", judged.to_markdown(index=False, floatfmt=".3f", missingval=""), "",
+            f"![judged scores]({chart})", ""]
+
+
 def render_report(frame: pd.DataFrame, *, compare: tuple[str, str], sheets: list[str], chart: str,
                   random_encoders: list[str], encoder_notes: list[str], encoders: dict[str, str],
-                  run: dict) -> str:
-    """The markdown report; ``sheets`` and ``chart`` are file names in the report's folder."""
+                  run: dict, judged: pd.DataFrame | None = None, verdict: str | None = None,
+                  judged_chart: str | None = None, toy_judges: list[str] = ()) -> str:
+    """The markdown report; ``sheets`` and the charts are file names in the report's folder."""
     lines = [
         "# ZipLoRA comparison report", "",
         f"Generated {run.get('generated', '?')} · base model `{run.get('base_model', '?')}` · "
         f"{run.get('steps', '?')} denoising steps at {run.get('resolution', '?')} px · "
         f"seeds {run.get('seeds', '?')}", "",
-        f"**{headline(frame, *compare)}**", "",
-        "## Metrics (this run)", "",
-        "Output fidelity F_c = 1 − ‖ε_method − ε_{L_c}‖ / ‖ε_base − ε_{L_c}‖ on the concept's own noisy latents "
-        "and prompt (the quantity ZipLoRA's Eq. 3 optimises): 1 = identical to the concept's LoRA, 0 = no better "
-        "than the base model. Image metrics average over the prompt groups "
-        f"{run.get('image_groups', '?')}. Cost: `merge_seconds` is the merge (ZipLoRA: learning the mergers; "
-        "joint: training the joint LoRA; PEFT: add_weighted_adapter; K-LoRA: its per-layer top-k scores), "
-        "`peak_mb` its peak memory (`memory_kind` says which: on CPU the growth of the process' peak resident "
-        "set, an upper bound; on CUDA allocated tensor memory), `file_mb` the LoRA file (K-LoRA: both LoRAs).", "",
+        *_judged_section(judged, verdict, judged_chart, list(toy_judges)),
+        "## All figures (this run)", "",
+        f"*Diagnostic, not a verdict:* {headline(frame, *compare)} Output fidelity "
+        "F_c = 1 − ‖ε_method − ε_{L_c}‖ / ‖ε_base − ε_{L_c}‖ is the quantity ZipLoRA's Eq. 3 optimises, measured on "
+        "noise/timestep draws of the reference images that the merge never used (`evaluation.fidelity_seed`): "
+        "1 = identical to the concept's LoRA, 0 = no better than the base model. Image metrics are the judged "
+        f"means above, over the prompt groups {run.get('image_groups', '?')}. Cost: `merge_seconds` is the merge "
+        "(ZipLoRA: learning the mergers; joint: training the joint LoRA; PEFT: add_weighted_adapter; K-LoRA: its "
+        "per-layer top-k scores), `peak_mb` its peak memory (`memory_kind` says which: on CPU the growth of the "
+        "process' peak resident set, an upper bound; on CUDA allocated tensor memory), `file_mb` the LoRA file "
+        "(K-LoRA: both LoRAs).", "",
         markdown_table(frame), "",
         f"![methods × metrics]({chart})", "",
         "## For reference: the paper's Table 2 (not this run)", "",

@@ -151,8 +151,9 @@ def _optimiser(model, cfg: JudgeTrainingConfig, steps: int):
 
 def _loop(model, cfg: JudgeTrainingConfig, steps: int, desc: str, batch_loss) -> None:
     """``steps`` AdamW steps (warm-up + cosine) of ``batch_loss(step) -> loss`` with a progress bar."""
-    opt, sched = _optimiser(model, cfg, steps)
+    opt, sched, t0 = *_optimiser(model, cfg, steps), time.perf_counter()
     model.train()
+    loss = torch.tensor(float("nan"))
     bar = tqdm(range(steps), desc=desc, leave=False, disable=None)
     for step in bar:
         loss = batch_loss(step)
@@ -164,6 +165,7 @@ def _loop(model, cfg: JudgeTrainingConfig, steps: int, desc: str, batch_loss) ->
             bar.set_postfix(loss=f"{loss.item():.3f}")
             logger.debug("%s step %d loss %.4f", desc, step, loss.item())
     model.eval()
+    logger.info("%s: %d steps in %.1f s (final loss %.3f)", desc, steps, time.perf_counter() - t0, loss.item())
 
 
 def train_attribute_judge(pool: Pool, cfg: JudgeTrainingConfig) -> AttributeJudge:

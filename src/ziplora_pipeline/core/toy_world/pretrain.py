@@ -93,6 +93,12 @@ def vae_loss(vae, x: torch.Tensor, cfg: VaeTrainingConfig, generator: torch.Gene
             + cfg.kl_weight * posterior.kl().mean())
 
 
+def _config(module) -> dict:
+    """A diffusers model's config without private keys (``_use_default_values`` is a set: unordered
+    across processes, which would change the checkpoint key and defeat resuming)."""
+    return {k: v for k, v in module.config.items() if not k.startswith("_")}
+
+
 def _resume(store: CheckpointStore | None, key: str, modules: dict, optimizer, generator, ema=None):
     state = store.latest(key) if store else None
     if state is None:
@@ -122,7 +128,7 @@ def train_vae(vae, images: torch.Tensor, cfg: VaeTrainingConfig, store: Checkpoi
     generator = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
-    key = run_key("vae", dataclasses.asdict(cfg), images[:64], images.shape, vae.config)
+    key = run_key("vae", dataclasses.asdict(cfg), images[:64], images.shape, _config(vae))
     start, losses = _resume(store, key, {"vae": vae}, optimizer, generator)
     vae.train()
     t0 = time.perf_counter()
@@ -243,7 +249,7 @@ def train_unet(pipe, latent_mean: torch.Tensor, latent_std: torch.Tensor, captio
                                    {"params": text_params, "lr": cfg.text_learning_rate}], weight_decay=1e-4)
     ema = Ema({f"{m}.{k}": p for m, mod in modules.items() for k, p in mod.named_parameters()}, cfg.ema_decay)
     key = run_key("unet", dataclasses.asdict(cfg), latent_mean[:64], latent_mean.shape, captions[:64],
-                  pipe.unet.config, image_size)
+                  _config(pipe.unet), image_size)
     start, losses = _resume(store, key, modules, optimizer, generator, ema)
     for m in modules.values():
         m.train()

@@ -15,10 +15,11 @@ from ...core.contact_sheet import check_same_size
 from ...core.evaluation import EvaluationConfig, headline, metrics_frame
 from ...core.fidelity import fidelity_table, make_probe
 from ...core.generation import GenerationConfig
-from ...core.image_metrics import alignment, load_encoders
+from ...core.image_metrics import harmonic, image_scores, load_encoders
 from ...core.lora_io import LoraFile
 from ...core.methods import MethodAssets
-from ...core.report import markdown_table, metrics_chart, render_report
+from ...core.report import judged_chart, markdown_table, metrics_chart, render_report
+from ...core.verdict import AXES, judged_frame, summarise, verdict
 from ...tracking import step_logger
 
 logger = logging.getLogger(__name__)
@@ -50,23 +51,31 @@ def output_fidelity(method_loras: dict[str, LoraFile], subject_lora: LoraFile, s
 def image_metrics(generated_images: dict[str, Image.Image], generation_manifest: dict,
                   subject_images: dict[str, Image.Image], style_images: dict[str, Image.Image], subject_prompt: dict,
                   style_prompt: dict, evaluation_params: dict, base_params: dict) -> dict:
-    """CLIP-I (style), DINO (subject), CLIP-T and their harmonic mean per method, plus which encoders ran."""
+    """Judged scores per method: subject (DINO or the toy identity judge), style (CLIP-I or the toy style
+    judge), prompt (CLIP-T or the toy attribute judge), per image and as means with 95 % intervals over seeds."""
     cfg = from_dict(EvaluationConfig, evaluation_params, "evaluation")
     device = resolve_device(from_dict(BaseModelConfig, base_params, "base_model").device)
     encoders = load_encoders({"clip": cfg.clip, "dino": cfg.dino}, device)
     tokens = (subject_prompt["token"], style_prompt["token"])
-    per_method = {}
+    per_method, judged, per_image = {}, {}, {}
     for method in generation_manifest["methods"]:
         entries = [e for e in generation_manifest["images"] if e["method"] == method and e["group"] in cfg.image_groups]
-        per_method[method] = alignment(encoders, [generated_images[e["name"]] for e in entries],
-                                       [e["prompt"] for e in entries], list(subject_images.values()),
-                                       list(style_images.values()), tokens)
+        scores = image_scores(encoders, [generated_images[e["name"]] for e in entries], [e["prompt"] for e in entries],
+                              list(subject_images.values()), list(style_images.values()), tokens)
+        judged[method] = summarise(scores, [e["seed"] for e in entries])
+        per_method[method] = {k: (judged[method][a]["mean"] if a in judged[method] else None) for a, k in AXES.items()}
+        per_method[method]["harmonic"] = harmonic(per_method[method]["dino_subject"], per_method[method]["clip_style"])
+        per_image[method] = [{"name": e["name"], **{k: (v[i] if v else None) for k, v in scores.items()}}
+                             for i, e in enumerate(entries)]
+        logger.info("Judged %-18s %s", method, "  ".join(
+            f"{a} {s['mean']:.3f} [{s['lo']:.3f}, {s['hi']:.3f}]" for a, s in judged[method].items()))
     if encoders.random:
-        logger.warning("Image metrics come from tiny RANDOM %s encoder(s): they mean nothing (embedded default).",
+        logger.warning("Image metrics come from tiny RANDOM %s encoder(s): they mean nothing.",
                        "/".join(k.upper() for k in encoders.random))
-    return {"methods": per_method, "random_encoders": encoders.random, "notes": encoders.notes,
+    return {"methods": per_method, "judged": judged, "per_image": per_image, "random_encoders": encoders.random,
+            "toy_judges": encoders.toy, "notes": encoders.notes,
             "encoders": {"clip": cfg.clip.name_or_path, "dino": cfg.dino.name_or_path},
-            "image_groups": list(cfg.image_groups)}
+            "image_groups": list(cfg.image_groups), "seeds": generation_manifest["seeds"]}
 
 
 def metrics_table(fidelity: dict, image_metrics: dict, method_costs: dict,
@@ -90,9 +99,18 @@ def write_report(metrics: pd.DataFrame, contact_sheets: dict[str, Image.Image], 
            "base_model": base_params.get("pretrained_model_name_or_path"),
            "steps": generation_manifest["num_inference_steps"], "resolution": generation_manifest["resolution"],
            "seeds": generation_manifest["seeds"], "image_groups": image_metrics["image_groups"]}
+    judged = image_metrics.get("judged") or {}
+    meaningful = bool(judged) and not image_metrics["random_encoders"]
     text = render_report(metrics, compare=tuple(cfg.compare), sheets=list(sheets), chart="metrics_chart.png",
                          random_encoders=image_metrics["random_encoders"], encoder_notes=image_metrics["notes"],
-                         encoders=image_metrics["encoders"], run=run)
-    logger.info(headline(metrics, *cfg.compare))
+                         encoders=image_metrics["encoders"], run=run,
+                         judged=judged_frame(judged) if meaningful else None,
+                         verdict=verdict(judged, *cfg.compare) if meaningful else None,
+                         judged_chart="judged_chart.png" if meaningful else None,
+                         toy_judges=image_metrics.get("toy_judges", []))
+    logger.info(verdict(judged, *cfg.compare) if meaningful else headline(metrics, *cfg.compare))
     note = ("image metrics from tiny RANDOM encoders: meaningless" if image_metrics["random_encoders"] else "")
-    return {"report.md": text, "metrics_chart.png": metrics_chart(metrics, note), **sheets}
+    files = {"report.md": text, "metrics_chart.png": metrics_chart(metrics, note), **sheets}
+    if meaningful:
+        files["judged_chart.png"] = judged_chart(judged)
+    return files
