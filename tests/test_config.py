@@ -25,7 +25,8 @@ def test_base_parameters_validate():
     cfg = validate_parameters(_loader(None)["parameters"])
     assert cfg["data_prep"].resolution == 64
     assert cfg["subject"].lora.rank == 4 and cfg["style"].lora.rank == 4
-    assert cfg["base_model"].miniature_seed == 0
+    assert cfg["base_model"].miniature_seed is None  # the committed toy-world model, never a random one
+    assert cfg["base_model"].pretrained_model_name_or_path == "data/06_models/toy_sdxl"
 
 
 def test_sdxl_env_has_the_papers_settings_and_keeps_base_keys():

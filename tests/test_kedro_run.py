@@ -62,8 +62,8 @@ def project(tmp_path_factory, mini_model_path) -> Path:
     shutil.copy(PROJECT_ROOT / ".telemetry", root / ".telemetry")
     (root / "src").mkdir()  # bootstrap_project requires the source dir to exist
     write_sample_data(root / "data" / "01_raw", size=128)
-    # base_model.pretrained_model_name_or_path defaults to this folder: reuse, don't rebuild.
-    shutil.copytree(mini_model_path, root / "data" / "06_models" / "miniature_sdxl")
+    # At the default base_model path, a random-weight miniature (fast; these tests check the training spine).
+    shutil.copytree(mini_model_path, root / "data" / "06_models" / "toy_sdxl")
     return root
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 
 from ...core.checkpoints import CheckpointStore
@@ -81,3 +82,57 @@ def pretrain_unet(latents: dict, captions: list[str], vae_weights: dict, pretrai
     logger.info("UNet + text encoders: %d steps in %.0f s, final loss %.4f", len(result.losses), result.seconds,
                 sum(result.losses[-50:]) / len(result.losses[-50:]))
     return pipe, {"losses": result.losses, "seconds": result.seconds, "resumed_from": result.resumed_from}
+
+
+def _reconstruction_check(vae, judge, n: int, seed: int, size: int) -> dict:
+    """The judge on fresh renders and on their VAE reconstructions: the ceiling of every generated image."""
+    import random
+
+    from PIL import Image
+
+    from ...core.toy_world.checks import attribute_accuracy
+    from ...core.toy_world.pretrain import reconstruct
+    from ...core.toy_world.render import random_scene, render
+
+    rng = random.Random(seed)
+    scenes = [random_scene(rng) for _ in range(n)]
+    clean = [render(s, size) for s in scenes]
+    answers = [{"class": s.instance.cls, "style": s.style} for s in scenes]
+    pixels = torch.stack([torch.from_numpy(np.asarray(im)).permute(2, 0, 1) for im in clean])
+    recon = [Image.fromarray(r.permute(1, 2, 0).numpy()) for r in reconstruct(vae, pixels)]
+    mse = ((pixels.float() - torch.stack([torch.from_numpy(np.asarray(r)).permute(2, 0, 1) for r in recon]).float())
+           / 127.5).pow(2).mean().item()
+    return {"clean": attribute_accuracy(judge, clean, answers), "reconstructed": attribute_accuracy(judge, recon, answers),
+            "mse_pm1": mse, "psnr_db": float(10 * np.log10(4 / mse))}
+
+
+def check_toy_model(toy_sdxl: str, pretrain_params: dict, evaluation_params: dict) -> tuple[dict, dict]:
+    """Judge the pretrained model through ``from_pretrained``: VAE reconstructions (the ceiling) and the base
+    model's samples of held-out class × colour × style prompts; returns the report and a sample sheet."""
+    from ...core.base_model import BaseModelConfig, load_base_pipeline
+    from ...core.contact_sheet import contact_sheet
+    from ...core.evaluation import EvaluationConfig
+    from ...core.toy_world.checks import check_base_model
+    from ...core.toy_world.data import heldout_prompts
+    from ...core.toy_world.judges import ToyAttributeEncoder
+
+    cfg = _cfg(pretrain_params)
+    ev = from_dict(EvaluationConfig, evaluation_params, "evaluation")
+    judge = ToyAttributeEncoder(ev.clip.name_or_path)
+    pipe = load_base_pipeline(BaseModelConfig(pretrained_model_name_or_path=toy_sdxl, miniature_seed=None,
+                                              device="cpu", dtype="fp32"), for_inference=True)
+    size, c = cfg.model.sample_size, cfg.check
+    recon = _reconstruction_check(pipe.vae, judge, c.reconstruction_samples, 999, size)
+    logger.info("VAE ceiling on %d fresh renders: class %.3f -> %.3f, style %.3f -> %.3f after reconstruction "
+                "(PSNR %.1f dB)", c.reconstruction_samples, recon["clean"]["class_accuracy"],
+                recon["reconstructed"]["class_accuracy"], recon["clean"]["style_accuracy"],
+                recon["reconstructed"]["style_accuracy"], recon["psnr_db"])
+    prompts = heldout_prompts(cfg.pool.seed)
+    base, images = check_base_model(pipe, judge, prompts, c.seeds_per_prompt, c.num_inference_steps,
+                                    c.guidance_scale, size)
+    cells = {(p["prompt"], f"seed {k}"): images[i * c.seeds_per_prompt + k]
+             for i, p in enumerate(prompts) for k in range(c.seeds_per_prompt)}
+    sheet = contact_sheet(cells, [p["prompt"] for p in prompts], [f"seed {k}" for k in range(c.seeds_per_prompt)],
+                          80, title="toy SDXL on held-out class × colour × style prompts (never drawn in pretraining)")
+    return ({"vae_reconstruction": recon, "base_model_heldout": base, "heldout_prompts": prompts},
+            {"heldout_samples": sheet})
