@@ -32,7 +32,7 @@ class MiniatureSpec:
     projection_dim: int = 32  # text_encoder_2 pooled projection (SDXL: 1280)
     unet_channels: tuple[int, ...] = (32, 64)  # SDXL: (320, 640, 1280)
     time_embed_dim: int = 8  # addition_time_embed_dim (SDXL: 256)
-    vae_channels: tuple[int, ...] = (8, 16, 16, 16)  # 4 levels -> 8x downsampling like SDXL
+    vae_channels: tuple[int, ...] = (8, 16, 16, 16)  # 4 levels -> 8x downsampling like SDXL (n levels: 2^(n-1))
     sample_size: int = 64  # pixels
     # Words the tokenizer keeps whole (BPE merges built for them, as CLIP's BPE does for common
     # words); anything else, e.g. the rare tokens "sks"/"zwx", stays one token per character.
@@ -120,7 +120,7 @@ def build_miniature_sdxl(spec: MiniatureSpec = MiniatureSpec()):
     text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**text_cfg, projection_dim=spec.projection_dim))
     n = len(spec.unet_channels)
     unet = UNet2DConditionModel(
-        sample_size=spec.sample_size // 8,
+        sample_size=spec.sample_size // 2 ** (len(spec.vae_channels) - 1),  # latent size
         block_out_channels=spec.unet_channels,
         layers_per_block=1,
         down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
@@ -169,7 +169,7 @@ def build_miniature_sd15(spec: MiniatureSpec):
         eos_token_id=vocab - 1, pad_token_id=vocab - 1, hidden_act="quick_gelu"))
     n = len(spec.unet_channels)
     unet = UNet2DConditionModel(  # SD 1.5: cross-attention in every block but the last, 8 heads
-        sample_size=spec.sample_size // 8, block_out_channels=spec.unet_channels, layers_per_block=1,
+        sample_size=spec.sample_size // 2 ** (len(spec.vae_channels) - 1),  # latent size block_out_channels=spec.unet_channels, layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
         attention_head_dim=4, cross_attention_dim=spec.text_hidden, norm_num_groups=8,

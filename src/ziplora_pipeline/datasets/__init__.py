@@ -10,6 +10,7 @@ from .image_set import ImageSetDataset
 from .lora_safetensors import LoraSafetensorsDataset
 from .lora_set import LoraSetDataset
 from .tensors import TensorDictDataset
+from .toy_judges import ToyJudgesDataset
 
 __all__ = ["CSVDataset", "FigureDataset", "JSONDataset", "TextDataset", "BinaryDataset", "CheckpointStoreDataset", "DiffusersFolderDataset", "FileBundleDataset", "ImageSetDataset", "LoraSafetensorsDataset",
-           "LoraSetDataset", "TensorDictDataset"]
+           "LoraSetDataset", "TensorDictDataset", "ToyJudgesDataset"]

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from ..config_utils import require
 from ..miniature import MiniatureSpec
 from .data import WORDS, PoolConfig
+from .judge_training import JudgeTrainingConfig
 from .pretrain import UnetTrainingConfig, VaeTrainingConfig
 
 
@@ -18,9 +19,13 @@ class ToyModelSpec:
     text_hidden: int = 32
     text_layers: int = 3  # SDXL conditions on the penultimate layer, so 3 leaves 2 in use
     projection_dim: int = 32
-    unet_channels: tuple[int, ...] = (32, 64)
+    # SDXL's layout in miniature: three levels, cross-attention in the lower two (SDXL: 320, 640, 1280).
+    unet_channels: tuple[int, ...] = (16, 32, 64)
     time_embed_dim: int = 8
-    vae_channels: tuple[int, ...] = (16, 32, 64, 128)  # 4 levels: 8x downsampling, like SDXL's VAE
+    # 3 levels: 4x downsampling, 64 px -> 16x16x4 latents (ours; SDXL's VAE is 8x). At 8x (8x8x4 latents)
+    # a VAE trained for 750 steps returned every object in brown-grey (PSNR 17 dB): a 64 px object spans
+    # only ~5 latent cells, too few for its colour and shape, and colour is what identity and style are.
+    vae_channels: tuple[int, ...] = (16, 32, 64)
     sample_size: int = 64
 
     def miniature_spec(self) -> MiniatureSpec:
@@ -47,6 +52,7 @@ class PretrainConfig:
     vae: VaeTrainingConfig = field(default_factory=VaeTrainingConfig)
     unet: UnetTrainingConfig = field(default_factory=UnetTrainingConfig)
     check: CheckConfig = field(default_factory=CheckConfig)
+    judges: JudgeTrainingConfig = field(default_factory=JudgeTrainingConfig)
 
     def __post_init__(self):
         require(self.pool.image_size == self.model.sample_size,

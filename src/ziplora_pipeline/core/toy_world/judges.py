@@ -41,7 +41,7 @@ RERUN_HINT = "rerun `kedro run --pipelines pretrain` to train the toy judges aga
 HEADS = {"style": len(STYLES), "class": len(CLASSES), "hat": 2, "tree": 2, "background": len(BACKGROUNDS)}
 HEAD_LABELS = {"style": STYLES, "class": CLASSES, "hat": (False, True), "tree": (False, True),
                "background": tuple(BACKGROUNDS)}
-DEFAULT_WIDTHS = (24, 48, 96, 128)
+DEFAULT_WIDTHS = (16, 32, 64, 128)
 EMBED_DIM = 64
 
 
@@ -148,6 +148,7 @@ def save_judge(model: nn.Module, folder, meta: dict) -> Path:
     try:
         tmp.mkdir()
         save_file(_state_fp16(model), str(tmp / WEIGHTS_NAME), metadata={"kind": model.kind})
+        os.chmod(tmp / WEIGHTS_NAME, 0o644)  # safetensors creates it owner-only
         record = {"kind": model.kind, "architecture": model.arch, **meta}
         (tmp / META_NAME).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         if folder.exists():

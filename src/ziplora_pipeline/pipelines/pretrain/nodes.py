@@ -84,6 +84,15 @@ def pretrain_unet(latents: dict, captions: list[str], vae_weights: dict, pretrai
     return pipe, {"losses": result.losses, "seconds": result.seconds, "resumed_from": result.resumed_from}
 
 
+def train_toy_judges(pretrain_params: dict) -> tuple[dict, dict]:
+    """The toy world's CLIP and DINO: attribute (style, class, contexts) and identity judges, trained on the
+    renderer's pictures only, with their held-out accuracies."""
+    from ...core.toy_world.judge_training import fit_judges
+
+    judges, report = fit_judges(_cfg(pretrain_params).judges)
+    return judges, report
+
+
 def _reconstruction_check(vae, judge, n: int, seed: int, size: int) -> dict:
     """The judge on fresh renders and on their VAE reconstructions: the ceiling of every generated image."""
     import random
@@ -106,19 +115,17 @@ def _reconstruction_check(vae, judge, n: int, seed: int, size: int) -> dict:
             "mse_pm1": mse, "psnr_db": float(10 * np.log10(4 / mse))}
 
 
-def check_toy_model(toy_sdxl: str, pretrain_params: dict, evaluation_params: dict) -> tuple[dict, dict]:
+def check_toy_model(toy_sdxl: str, toy_judges: str, pretrain_params: dict) -> tuple[dict, dict]:
     """Judge the pretrained model through ``from_pretrained``: VAE reconstructions (the ceiling) and the base
     model's samples of held-out class × colour × style prompts; returns the report and a sample sheet."""
     from ...core.base_model import BaseModelConfig, load_base_pipeline
     from ...core.contact_sheet import contact_sheet
-    from ...core.evaluation import EvaluationConfig
     from ...core.toy_world.checks import check_base_model
     from ...core.toy_world.data import heldout_prompts
     from ...core.toy_world.judges import ToyAttributeEncoder
 
     cfg = _cfg(pretrain_params)
-    ev = from_dict(EvaluationConfig, evaluation_params, "evaluation")
-    judge = ToyAttributeEncoder(ev.clip.name_or_path)
+    judge = ToyAttributeEncoder(f"{toy_judges}/attributes")
     pipe = load_base_pipeline(BaseModelConfig(pretrained_model_name_or_path=toy_sdxl, miniature_seed=None,
                                               device="cpu", dtype="fp32"), for_inference=True)
     size, c = cfg.model.sample_size, cfg.check

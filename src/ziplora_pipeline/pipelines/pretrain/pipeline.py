@@ -2,7 +2,7 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import check_toy_model, encode_pool, make_pool, pretrain_unet, pretrain_vae
+from .nodes import check_toy_model, encode_pool, make_pool, pretrain_unet, pretrain_vae, train_toy_judges
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -15,6 +15,8 @@ def create_pipeline(**kwargs) -> Pipeline:
         Node(pretrain_unet, inputs=["toy_latents", "toy_captions", "toy_vae_weights", "params:pretrain",
                                     "pretrain_checkpoints"],
              outputs=["toy_sdxl", "toy_unet_log"], name="pretrain_unet"),
-        Node(check_toy_model, inputs=["toy_sdxl", "params:pretrain", "params:evaluation"],
+        Node(train_toy_judges, inputs="params:pretrain", outputs=["toy_judges", "toy_judges_report"],
+             name="train_toy_judges"),
+        Node(check_toy_model, inputs=["toy_sdxl", "toy_judges", "params:pretrain"],
              outputs=["toy_model_check", "toy_model_samples"], name="check_toy_model"),
     ], tags=["pretrain"])
