@@ -124,11 +124,10 @@ def worker(job: dict) -> dict:
     import torch
 
     from ziplora_pipeline.core.base_model import resolve_device
-    from ziplora_pipeline.core.images import square_resize
     from ziplora_pipeline.core.lora_training import LoraTrainingConfig, train_lora
     from ziplora_pipeline.core.miniature import MiniatureSpec, build_miniature_sdxl
     from ziplora_pipeline.core.sdxl import encode_concept
-    from ziplora_pipeline.sample_data import draw_robot
+    from ziplora_pipeline.sample_data import subject_views
 
     if job["threads"]:
         torch.set_num_threads(job["threads"])
@@ -140,7 +139,7 @@ def worker(job: dict) -> dict:
     for module in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
         module.requires_grad_(False)
     res = job["resolution"]
-    images = [square_resize(draw_robot(v, size=max(256, res)), res) for v in range(job["images"])]
+    images = subject_views(views=job["images"], size=res)
     encode = functools.partial(encode_concept, pipe, images, "a photo of sks robot")
     encode()  # first call pays lazy initialisation; not part of any measurement
     build_s = time.perf_counter() - t0

@@ -82,7 +82,7 @@ def check_merge(pipe, subject, style_images, args, device) -> tuple[dict, dict]:
     from ziplora_pipeline.core.merge import MergeConfig, ziplora_merge
     from ziplora_pipeline.core.sdxl import encode_concept, training_scheduler
 
-    inputs = {"subject": subject[0], "style": encode_concept(pipe, style_images, "a flower in zwx style")}
+    inputs = {"subject": subject[0], "style": encode_concept(pipe, style_images, "a house in zwx style")}
     g = torch.Generator().manual_seed(1)
     sub = unet_lora_factors(subject[1], "subject")
     sty = {p: LoraFactors(torch.randn(f.A.shape, generator=g).to(device) / args.rank,
@@ -140,9 +140,9 @@ def main(argv=None) -> int:
     args.resolution, args.rank = (64, 4) if args.small else (1024, 64)
     args.train_steps, args.merge_steps, args.dense_steps, args.gen_steps = 20, 20, 5, 10
     dtype = torch.float32 if args.small else torch.bfloat16
-    from ziplora_pipeline.sample_data import draw_robot, draw_style
+    from ziplora_pipeline.sample_data import style_image, subject_views
 
-    images = [draw_robot(v, args.resolution) for v in range(3)]
+    images = subject_views(views=3, size=args.resolution)
     t0 = time.perf_counter()
     pipe = build(args, device, dtype)
     report = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
@@ -150,7 +150,7 @@ def main(argv=None) -> int:
               "memory": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "peak RSS of the process (GB)"}
     report["lora_training"], subject = check_training(pipe, images, args, device)
     logger.info("lora_training: %s", report["lora_training"])
-    report["merge"], merged = check_merge(pipe, subject, [draw_style(args.resolution)], args, device)
+    report["merge"], merged = check_merge(pipe, subject, [style_image(size=args.resolution)], args, device)
     logger.info("merge: %s", report["merge"])
     import tempfile
 

@@ -54,7 +54,7 @@ def test_contact_sheet_rejects_images_of_different_sizes():
 def test_joint_training_set_rejects_images_of_different_sizes():
     with pytest.raises(ImageInputError, match="different sizes.*64x64: subject_a.*80x80: style_s"):
         combine_for_joint({"a": _solid(1, 64)}, {"prompt": "a photo of sks robot"}, {"s": _solid(1, 80)},
-                          {"prompt": "a cat in zwx style"})
+                          {"prompt": "a house in zwx style"})
 
 
 # ---- joint training: groups alternate ---------------------------------------------------------
@@ -62,7 +62,7 @@ def test_joint_training_set_rejects_images_of_different_sizes():
 def test_joint_training_alternates_the_groups(fresh_pipe, subject_images):
     pipe = fresh_pipe()
     groups = [encode_concept(pipe, subject_images, "a photo of sks robot"),
-              encode_concept(pipe, subject_images[:1], "a cat in zwx style")]
+              encode_concept(pipe, subject_images[:1], "a house in zwx style")]
     assert [_group(groups, i) is groups[i % 2] for i in range(4)] == [True] * 4
     assert _group(groups[0], 7) is groups[0]
     result = train_lora(pipe, groups, LoraTrainingConfig(steps=4, gradient_accumulation_steps=2), "joint")

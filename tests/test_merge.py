@@ -30,7 +30,7 @@ def concepts(base_cfg, subject_images, sample_raw):
     out = {"inputs": {}, "files": {}}
     for name, images, prompt, cfg in [
         ("subject", subject_images, "a photo of sks robot", LoraTrainingConfig(rank=8, alpha=4, steps=30, seed=0)),
-        ("style", style_images, "a cat in zwx style", LoraTrainingConfig(rank=4, steps=30, seed=1)),
+        ("style", style_images, "a house in zwx style", LoraTrainingConfig(rank=4, steps=30, seed=1)),
     ]:
         pipe = load_base_pipeline(base_cfg)
         out["inputs"][name] = encode_concept(pipe, images, prompt)

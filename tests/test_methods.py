@@ -24,7 +24,7 @@ from ziplora_pipeline.datasets.lora_safetensors import LoraSafetensorsDataset
 
 from .conftest import RESOLUTION
 
-SUBJECT_PROMPT, STYLE_PROMPT = "a photo of sks robot", "a cat in zwx style"
+SUBJECT_PROMPT, STYLE_PROMPT = "a photo of sks robot", "a house in zwx style"
 
 
 @pytest.fixture(scope="module")

@@ -169,7 +169,8 @@ def build_miniature_sd15(spec: MiniatureSpec):
         eos_token_id=vocab - 1, pad_token_id=vocab - 1, hidden_act="quick_gelu"))
     n = len(spec.unet_channels)
     unet = UNet2DConditionModel(  # SD 1.5: cross-attention in every block but the last, 8 heads
-        sample_size=spec.sample_size // 2 ** (len(spec.vae_channels) - 1),  # latent size block_out_channels=spec.unet_channels, layers_per_block=1,
+        sample_size=spec.sample_size // 2 ** (len(spec.vae_channels) - 1), block_out_channels=spec.unet_channels,
+        layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
         attention_head_dim=4, cross_attention_dim=spec.text_hidden, norm_num_groups=8,
