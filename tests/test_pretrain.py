@@ -74,3 +74,18 @@ def test_unet_resume_is_bit_exact(pool, tmp_path):
     assert result.resumed_from == 2
     for name in ("unet", "text_encoder", "text_encoder_2"):
         assert _same(_state(getattr(straight, name)), _state(getattr(resumed, name))), name
+
+
+def test_decoder_finetune_leaves_the_encoder_and_latents_unchanged(pool):
+    from ziplora_pipeline.core.toy_world.pretrain import finetune_decoder
+
+    images, _ = pool
+    vae = _pipe().vae
+    train_vae(vae, images, VaeTrainingConfig(steps=2, batch_size=4, checkpoint_every=0))
+    encoder, before = _state(vae.encoder), encode_images(vae, images)[0]
+    decoder = _state(vae.decoder)
+    result = finetune_decoder(vae, images, VaeTrainingConfig(batch_size=4, checkpoint_every=0, decoder_steps=3))
+    assert len(result.losses) == 3
+    assert _same(encoder, _state(vae.encoder)) and torch.equal(before, encode_images(vae, images)[0])
+    assert not _same(decoder, _state(vae.decoder))
+    assert all(p.requires_grad for p in vae.encoder.parameters())  # unfrozen again afterwards

@@ -32,13 +32,14 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class VaeTrainingConfig:
-    steps: int = 3000
+    steps: int = 2000
     batch_size: int = 32
     learning_rate: float = 1e-3
     kl_weight: float = 1e-6  # per latent element summed, as SD's VAE; small so colours survive
     edge_weight: float = 0.5  # L1 on image gradients: keeps outlines, stripes and dots sharp
     colour_weight: float = 1.0  # L1 on 4x4-pooled images: keeps flat colours exact
     initial_logvar: float = -6.0  # posterior log-variance at init (diffusers' init: 0, i.e. std 1; see below)
+    decoder_steps: int = 2000  # then the decoder alone (encoder frozen: latents, hence the UNet's data, unchanged)
     checkpoint_every: int = 250
     seed: int = 0
 
@@ -48,7 +49,7 @@ class VaeTrainingConfig:
 
 @dataclass(frozen=True)
 class UnetTrainingConfig:
-    steps: int = 3500
+    steps: int = 3000
     batch_size: int = 64
     learning_rate: float = 1e-3
     text_learning_rate: float = 5e-4  # both text encoders train too (their vocabulary starts random)
@@ -140,15 +141,19 @@ def _checkpoint(store, key, step, modules, optimizer, generator, losses, ema=Non
 def train_vae(vae, images: torch.Tensor, cfg: VaeTrainingConfig, store: CheckpointStore | None = None,
               on_step: Callable[[int, float], None] | None = None) -> PretrainResult:
     """Train ``vae`` in place on uint8 images (N, 3, H, W); random horizontal flips."""
-    generator = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     init_posterior(vae, cfg.initial_logvar)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
-    key = run_key("vae", dataclasses.asdict(cfg), images[:64], images.shape, _config(vae))
+    return _vae_loop(vae, images, cfg, store, on_step, "vae", list(vae.parameters()))
+
+
+def _vae_loop(vae, images, cfg: VaeTrainingConfig, store, on_step, name: str, params: list) -> PretrainResult:
+    generator = torch.Generator().manual_seed(cfg.seed)
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+    key = run_key(name, dataclasses.asdict(cfg), images[:64], images.shape, _config(vae))
     start, losses = _resume(store, key, {"vae": vae}, optimizer, generator)
     vae.train()
     t0 = time.perf_counter()
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="pretrain VAE", mininterval=2)
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"pretrain {name}", mininterval=2)
     for step in bar:
         idx = torch.randint(0, images.shape[0], (cfg.batch_size,), generator=generator)
         flip = torch.rand(cfg.batch_size, generator=generator) < 0.5
@@ -159,7 +164,7 @@ def train_vae(vae, images: torch.Tensor, cfg: VaeTrainingConfig, store: Checkpoi
         loss = vae_loss(vae, x, cfg, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
@@ -171,6 +176,22 @@ def train_vae(vae, images: torch.Tensor, cfg: VaeTrainingConfig, store: Checkpoi
     if store:
         store.clear(key)
     return PretrainResult(losses, time.perf_counter() - t0, start)
+
+
+def finetune_decoder(vae, images: torch.Tensor, cfg: VaeTrainingConfig, store: CheckpointStore | None = None,
+                     on_step: Callable[[int, float], None] | None = None) -> PretrainResult:
+    """More steps for the decoder only. The encoder (and ``quant_conv``) stay frozen, so the latents the
+    UNet learns from do not change: this phase can run before the UNet or beside it, same result."""
+    frozen = [vae.encoder, vae.quant_conv]
+    for m in frozen:
+        m.requires_grad_(False)
+    decoder_cfg = dataclasses.replace(cfg, steps=cfg.decoder_steps, seed=cfg.seed + 1, learning_rate=cfg.learning_rate / 2)
+    try:
+        return _vae_loop(vae, images, decoder_cfg, store, on_step, "vae_decoder",
+                         [p for p in vae.parameters() if p.requires_grad])
+    finally:
+        for m in frozen:
+            m.requires_grad_(True)
 
 
 @torch.no_grad()

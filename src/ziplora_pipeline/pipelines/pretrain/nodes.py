@@ -17,7 +17,7 @@ from ...core.config_utils import from_dict
 from ...core.miniature import build_miniature_sdxl
 from ...core.toy_world.config import PretrainConfig
 from ...core.toy_world.data import render_pool
-from ...core.toy_world.pretrain import encode_images, set_scaling_factor, train_unet, train_vae
+from ...core.toy_world.pretrain import encode_images, finetune_decoder, set_scaling_factor, train_unet, train_vae
 from ...tracking import step_logger
 
 logger = logging.getLogger(__name__)
@@ -48,10 +48,19 @@ def pretrain_vae(pool: dict, pretrain_params: dict, checkpoints: CheckpointStore
     factor = set_scaling_factor(vae, mean)
     logger.info("VAE: %d steps in %.0f s, final loss %.4f, scaling_factor %.4f", len(result.losses), result.seconds,
                 sum(result.losses[-50:]) / len(result.losses[-50:]), factor)
+    decoder = finetune_decoder(vae, images, cfg.vae, checkpoints, _log_every("pretrain.vae_decoder"))
+    logger.info("VAE decoder alone: %d steps in %.0f s, final loss %.4f", len(decoder.losses), decoder.seconds,
+                sum(decoder.losses[-50:]) / len(decoder.losses[-50:]))
+    return vae_weights(vae), {"losses": result.losses, "seconds": result.seconds, "resumed_from": result.resumed_from,
+                              "scaling_factor": factor, "decoder_losses": decoder.losses,
+                              "decoder_seconds": decoder.seconds}
+
+
+def vae_weights(vae) -> dict:
+    """The VAE's state dict plus its fitted ``scaling_factor`` (one safetensors file)."""
     weights = {k: v.contiguous() for k, v in vae.state_dict().items()}
-    weights["scaling_factor"] = torch.tensor(factor)
-    return weights, {"losses": result.losses, "seconds": result.seconds, "resumed_from": result.resumed_from,
-                     "scaling_factor": factor}
+    weights["scaling_factor"] = torch.tensor(vae.config.scaling_factor)
+    return weights
 
 
 def _toy_pipeline(cfg: PretrainConfig, vae_weights: dict):
