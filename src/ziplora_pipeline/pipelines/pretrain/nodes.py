@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import torch
 
 from ...core.checkpoints import CheckpointStore
@@ -102,34 +101,12 @@ def train_toy_judges(pretrain_params: dict) -> tuple[dict, dict]:
     return judges, report
 
 
-def _reconstruction_check(vae, judge, n: int, seed: int, size: int) -> dict:
-    """The judge on fresh renders and on their VAE reconstructions: the ceiling of every generated image."""
-    import random
-
-    from PIL import Image
-
-    from ...core.toy_world.checks import attribute_accuracy
-    from ...core.toy_world.pretrain import reconstruct
-    from ...core.toy_world.render import random_scene, render
-
-    rng = random.Random(seed)
-    scenes = [random_scene(rng) for _ in range(n)]
-    clean = [render(s, size) for s in scenes]
-    answers = [{"class": s.instance.cls, "style": s.style} for s in scenes]
-    pixels = torch.stack([torch.from_numpy(np.asarray(im)).permute(2, 0, 1) for im in clean])
-    recon = [Image.fromarray(r.permute(1, 2, 0).numpy()) for r in reconstruct(vae, pixels)]
-    mse = ((pixels.float() - torch.stack([torch.from_numpy(np.asarray(r)).permute(2, 0, 1) for r in recon]).float())
-           / 127.5).pow(2).mean().item()
-    return {"clean": attribute_accuracy(judge, clean, answers), "reconstructed": attribute_accuracy(judge, recon, answers),
-            "mse_pm1": mse, "psnr_db": float(10 * np.log10(4 / mse))}
-
-
 def check_toy_model(toy_sdxl: str, toy_judges: str, pretrain_params: dict) -> tuple[dict, dict]:
     """Judge the pretrained model through ``from_pretrained``: VAE reconstructions (the ceiling) and the base
     model's samples of held-out class × colour × style prompts; returns the report and a sample sheet."""
     from ...core.base_model import BaseModelConfig, load_base_pipeline
     from ...core.contact_sheet import contact_sheet
-    from ...core.toy_world.checks import check_base_model
+    from ...core.toy_world.checks import check_base_model, reconstruction_check
     from ...core.toy_world.data import heldout_prompts
     from ...core.toy_world.judges import ToyAttributeEncoder
 
@@ -138,7 +115,7 @@ def check_toy_model(toy_sdxl: str, toy_judges: str, pretrain_params: dict) -> tu
     pipe = load_base_pipeline(BaseModelConfig(pretrained_model_name_or_path=toy_sdxl, miniature_seed=None,
                                               device="cpu", dtype="fp32"), for_inference=True)
     size, c = cfg.model.sample_size, cfg.check
-    recon = _reconstruction_check(pipe.vae, judge, c.reconstruction_samples, 999, size)
+    recon = reconstruction_check(pipe.vae, judge, c.reconstruction_samples, 999, size)
     logger.info("VAE ceiling on %d fresh renders: class %.3f -> %.3f, style %.3f -> %.3f after reconstruction "
                 "(PSNR %.1f dB)", c.reconstruction_samples, recon["clean"]["class_accuracy"],
                 recon["reconstructed"]["class_accuracy"], recon["clean"]["style_accuracy"],
