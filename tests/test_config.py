@@ -24,7 +24,7 @@ def _loader(env: str | None) -> OmegaConfigLoader:
 def test_base_parameters_validate():
     cfg = validate_parameters(_loader(None)["parameters"])
     assert cfg["data_prep"].resolution == 64
-    assert cfg["subject"].lora.rank == 4 and cfg["style"].lora.rank == 4
+    assert cfg["subject"].lora.rank == 8 and cfg["style"].lora.rank == 8
     assert cfg["base_model"].miniature_seed is None  # the committed toy-world model, never a random one
     assert cfg["base_model"].pretrained_model_name_or_path == "data/06_models/toy_sdxl"
 

@@ -58,6 +58,9 @@ class UnetTrainingConfig:
     ema_decay: float = 0.999
     checkpoint_every: int = 250
     seed: int = 0
+    # A diffusers folder whose UNet and text encoders this run starts from (e.g. data/06_models/toy_sdxl,
+    # to train the committed model further); null trains from the spec's random init.
+    continue_from: str | None = None
 
     def __post_init__(self):
         require(self.steps > 0 and self.batch_size > 0, "pretrain.unet.steps and batch_size must be > 0.")

@@ -85,11 +85,23 @@ def pretrain_unet(latents: dict, captions: list[str], vae_weights: dict, pretrai
     """Train the UNet and both text encoders; returns the whole pipeline (saved as a diffusers folder) and a log."""
     cfg = _cfg(pretrain_params)
     pipe = _toy_pipeline(cfg, vae_weights)
+    if cfg.unet.continue_from:
+        _load_trainables(pipe, cfg.unet.continue_from)
     result = train_unet(pipe, latents["mean"], latents["std"], captions, cfg.unet, cfg.model.sample_size, checkpoints,
                         _log_every("pretrain.unet"))
     logger.info("UNet + text encoders: %d steps in %.0f s, final loss %.4f", len(result.losses), result.seconds,
                 sum(result.losses[-50:]) / len(result.losses[-50:]))
     return pipe, {"losses": result.losses, "seconds": result.seconds, "resumed_from": result.resumed_from}
+
+
+def _load_trainables(pipe, folder: str) -> None:
+    """Start from the UNet and text encoders of the diffusers folder ``folder`` (its VAE is not used)."""
+    from diffusers import StableDiffusionXLPipeline
+
+    start = StableDiffusionXLPipeline.from_pretrained(folder, dtype=torch.float32)
+    for name in ("unet", "text_encoder", "text_encoder_2"):
+        getattr(pipe, name).load_state_dict(getattr(start, name).state_dict())
+    logger.info("UNet and text encoders start from %s", folder)
 
 
 def train_toy_judges(pretrain_params: dict) -> tuple[dict, dict]:
