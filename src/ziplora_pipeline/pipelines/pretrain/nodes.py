@@ -138,6 +138,6 @@ def check_toy_model(toy_sdxl: str, toy_judges: str, pretrain_params: dict) -> tu
     cells = {(p["prompt"], f"seed {k}"): images[i * c.seeds_per_prompt + k]
              for i, p in enumerate(prompts) for k in range(c.seeds_per_prompt)}
     sheet = contact_sheet(cells, [p["prompt"] for p in prompts], [f"seed {k}" for k in range(c.seeds_per_prompt)],
-                          80, title="toy SDXL on held-out class × colour × style prompts (never drawn in pretraining)")
+                          80, title="toy SDXL on held-out class x colour x style prompts (never drawn in pretraining)")
     return ({"vae_reconstruction": recon, "base_model_heldout": base, "heldout_prompts": prompts},
             {"heldout_samples": sheet})
