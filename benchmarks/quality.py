@@ -11,12 +11,12 @@ checks with ``--check-samples`` samples each (core/toy_world/checks.py):
   image never showed ("a cat/car/cup/tree in zwx style");
 - base model: class and style accuracy on held-out class × colour × style prompts.
 
-Output: logs on stderr; on stdout one JSON line per method ({"method", "subject", "style",
+Output: logs (Kedro's go to stdout too); the last stdout lines are one JSON line per method ({"method", "subject", "style",
 "prompt"}, each {mean, lo, hi, n} over seeds, plus "harmonic") and one per check.
 
 Usage::
 
-    python benchmarks/quality.py                 # 16 seeds, 48 samples per check (~6 min on 2 cores)
+    python benchmarks/quality.py                 # 16 seeds, 48 samples per check (~5 min on 2 cores)
     python benchmarks/quality.py --seeds 8 --check-samples 16   # quicker
 """
 

@@ -112,7 +112,12 @@ def test_whole_job_on_the_sd15_miniature(tmp_path):
         shutil.copy(PROJECT_ROOT / name, tmp_path / name)
     (tmp_path / "src").mkdir()
     write_sample_data(tmp_path / "data" / "01_raw", size=128)
+    # A random-weight SD-1.5-shaped miniature built at first use, tiny random encoders (their scores mean nothing;
+    # the report says so): this test is about the code path, not the pictures.
     params = ("base_model.pretrained_model_name_or_path=data/06_models/miniature_sd15,base_model.miniature_family=sd,"
+              "base_model.miniature_seed=0,evaluation.clip.name_or_path=data/06_models/tiny_clip,"
+              "evaluation.clip.build_seed=0,evaluation.dino.name_or_path=data/06_models/tiny_dino,"
+              "evaluation.dino.build_seed=0,generation.num_inference_steps=2,"
               "subject.lora.steps=5,style.lora.steps=5,joint.lora.steps=5,merge.steps=5")
     _kedro(tmp_path, "run", "--params", params)
     model_index = json.loads((tmp_path / "data/06_models/miniature_sd15/model_index.json").read_text())
