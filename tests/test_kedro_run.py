@@ -121,7 +121,7 @@ def test_run_is_tracked_in_the_projects_mlflow_db(project, first_run):
     version = first_run["subject"][0]
     assert run.data.tags.get("run_id") == version  # MLflow run <-> data/**/<version>/
     params = run.data.params
-    assert params["subject.lora.rank"] == "4" and params["style.lora.rank"] == "4"
+    assert params["subject.lora.rank"] == "8" and params["style.lora.rank"] == "8"
     assert params["subject.lora.steps"] == str(STEPS)
     assert params["data_prep.resolution"] == "64"
     for concept in ("subject", "style"):
