@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from .judges import (DEFAULT_WIDTHS, HEADS, AttributeJudge, IdentityJudge, JudgeError, ToyAttributeEncoder,
                      ToyIdentityEncoder, images_to_tensor, save_judge)
+from .checks import auroc
 from .render import BACKGROUNDS, CLASSES, COLOURS, DETAILS, SKS_ROBOT, STYLES, VARIANTS, Instance, random_scene, render
 
 logger = logging.getLogger(__name__)
@@ -243,12 +244,6 @@ def held_out_draw(n: int, seed: int, size: int = 64):
         scenes += [random_scene(rng, instance=inst, style=s0, **SCENE_KW),
                    random_scene(rng, instance=inst, style=s1, **SCENE_KW)]
     return [render(s, size) for s in scenes[:n]], scenes[:n]
-
-
-def auroc(pos: torch.Tensor, neg: torch.Tensor) -> float:
-    """P(a positive scores above a negative), ties counting half."""
-    diff = pos[:, None] - neg[None, :]
-    return float((diff > 0).float().mean() + 0.5 * (diff == 0).float().mean())
 
 
 def identity_metrics(z: torch.Tensor, designs: list) -> dict:

@@ -24,7 +24,6 @@ import shutil
 import uuid
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -32,6 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..images import images_to_tensor as pixels_to_tensor
 from .render import BACKGROUNDS, CLASSES, STYLES
 
 logger = logging.getLogger(__name__)
@@ -110,16 +110,13 @@ MODELS = {AttributeJudge.kind: AttributeJudge, IdentityJudge.kind: IdentityJudge
 def images_to_tensor(images, size: int, folder="<in memory>") -> torch.Tensor:
     """PIL images (all ``size``×``size``) -> (N, 3, size, size) float in [-1, 1]; never resizes."""
     images = [images] if isinstance(images, Image.Image) else list(images)
-    arrays = []
     for k, img in enumerate(images):
         if img.size != (size, size):
             raise JudgeError(f"image {k} is {img.size[0]}x{img.size[1]} px but the toy judge in {folder} "
                              f"expects {size}x{size} px; pass images of the size it was trained on")
-        arrays.append(np.asarray(img.convert("RGB"), dtype=np.uint8))
-    if not arrays:
+    if not images:
         return torch.zeros(0, 3, size, size)
-    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)  # (N, 3, H, W) uint8
-    return x.float() / 127.5 - 1.0
+    return pixels_to_tensor(images)  # the VAE's own conversion: (N, 3, size, size) in [-1, 1]
 
 
 # ---------------------------------------------------------------- save / load
