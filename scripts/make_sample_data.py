@@ -12,7 +12,7 @@ if __name__ == "__main__":
     parser.add_argument("--root", default="data/01_raw")
     parser.add_argument("--views", type=int, default=5)
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--style", default="neon", choices=STYLES)
+    parser.add_argument("--style", default="sketch", choices=STYLES)
     parser.add_argument("--style-noun", default="house", choices=CLASSES)
     args = parser.parse_args()
     write_sample_data(args.root, args.views, args.size, style=args.style, style_noun=args.style_noun)

@@ -26,7 +26,7 @@ import pytest  # noqa: E402
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RESOLUTION = 64  # pixels; the miniature model's native size
 SUBJECT_PARAMS = {"folder": "robot", "token": "sks", "noun": "robot", "template": "a photo of {token} {noun}"}
-STYLE_PARAMS = {"folder": "neon", "token": "zwx", "noun": "house", "template": "a {noun} in {token} style"}
+STYLE_PARAMS = {"folder": "sketch", "token": "zwx", "noun": "house", "template": "a {noun} in {token} style"}
 
 
 @pytest.fixture(scope="session")

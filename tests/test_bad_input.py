@@ -165,9 +165,9 @@ def test_every_bad_file_is_reported_at_once():
 
 
 def test_style_errors_name_the_styles_folder():
-    with pytest.raises(ImageInputError, match="data/01_raw/styles/neon/"):
+    with pytest.raises(ImageInputError, match="data/01_raw/styles/sketch/"):
         prepare_style(_partitions({"other/a.png": _png()}),
-                      {"folder": "neon", "token": "zwx", "noun": "house", "template": "a {noun} in {token} style"},
+                      {"folder": "sketch", "token": "zwx", "noun": "house", "template": "a {noun} in {token} style"},
                       RESOLUTION)
 
 

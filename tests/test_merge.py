@@ -26,7 +26,7 @@ from .conftest import RESOLUTION
 def concepts(base_cfg, subject_images, sample_raw):
     """Two LoRAs trained on the miniature model (ranks differ: 8 with alpha 4, and 4) plus inputs."""
     style_images = [square_resize(Image.open(p).convert("RGB"), RESOLUTION)
-                    for p in sorted((sample_raw / "styles" / "neon").glob("*.png"))]
+                    for p in sorted((sample_raw / "styles" / "sketch").glob("*.png"))]
     out = {"inputs": {}, "files": {}}
     for name, images, prompt, cfg in [
         ("subject", subject_images, "a photo of sks robot", LoraTrainingConfig(rank=8, alpha=4, steps=30, seed=0)),

@@ -30,7 +30,7 @@ SUBJECT_PROMPT, STYLE_PROMPT = "a photo of sks robot", "a house in zwx style"
 @pytest.fixture(scope="module")
 def style_images(sample_raw):
     return [square_resize(Image.open(p).convert("RGB"), RESOLUTION)
-            for p in sorted((sample_raw / "styles" / "neon").glob("*.png"))]
+            for p in sorted((sample_raw / "styles" / "sketch").glob("*.png"))]
 
 
 @pytest.fixture(scope="module")

@@ -82,9 +82,9 @@ def test_slice_produces_a_lora_and_a_training_log(run_outputs, fresh_pipe):
     with pytest.raises(Exception, match="has not been saved yet"):
         catalog["subject_images"].load()
     joint_images = outputs["joint_images"].load()
-    assert "style_neon" in joint_images and len(joint_images) == 6  # 5 subject views + the style image
-    assert joint_images["style_neon"].size == (RESOLUTION, RESOLUTION)
+    assert "style_sketch" in joint_images and len(joint_images) == 6  # 5 subject views + the style image
+    assert joint_images["style_sketch"].size == (RESOLUTION, RESOLUTION)
     groups = outputs["joint_prompt"].load()["groups"]
     assert [g["prompt"] for g in groups] == ["a photo of sks robot", "a house in zwx style"]
-    assert groups[1]["images"] == ["style_neon"]
+    assert groups[1]["images"] == ["style_sketch"]
     assert list(checkpoints.folder.glob("*/*.pt")) == []  # finished run cleaned its checkpoints

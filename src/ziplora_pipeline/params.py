@@ -44,9 +44,9 @@ class ConceptDataConfig:
 class DataPrepConfig:
     resolution: int = 64  # training resolution in pixels (SDXL: 1024)
     subject: ConceptDataConfig = field(default_factory=lambda: ConceptDataConfig(
-        "robot", "sks", "robot", "a photo of {token} {noun}"))
+        "robot", "sks", "robot", "a {token} {noun}"))
     style: ConceptDataConfig = field(default_factory=lambda: ConceptDataConfig(
-        "neon", "zwx", "house", "a {noun} in {token} style"))
+        "sketch", "zwx", "house", "a {noun} in {token} style"))
 
     def __post_init__(self):
         require(self.resolution >= 8 and self.resolution % 8 == 0,

@@ -3,7 +3,7 @@
 No third-party images: everything is drawn by ``core.toy_world.render`` from a seed, so the
 sample set is reproducible and free of licences. ``python scripts/make_sample_data.py`` writes
 ``data/01_raw/subjects/robot/`` (``SKS_ROBOT``, a design the toy-world base model never saw, in
-the plain photo style) and ``data/01_raw/styles/neon/`` (one house in the neon style). The same
+the plain photo style) and ``data/01_raw/styles/sketch/`` (one house in the sketch style). The same
 functions draw any other instance or style, e.g. for a grid of subjects × styles.
 """
 
@@ -26,14 +26,14 @@ def subject_views(instance: Instance = SKS_ROBOT, views: int = 5, size: int = 64
     return [render(random_pose(rng, Scene(instance)), size) for _ in range(views)]
 
 
-def style_image(style: str = "neon", cls: str = "house", size: int = 64, seed: int = 0) -> Image.Image:
+def style_image(style: str = "sketch", cls: str = "house", size: int = 64, seed: int = 0) -> Image.Image:
     """One exemplar of ``style``: a random ``cls`` instance, plain background (the style's one training image)."""
     rng = random.Random(seed + 1000)
     return render(random_pose(rng, Scene(random_instance(rng, cls), style=style)), size)
 
 
 def write_sample_data(root: str | Path = "data/01_raw", views: int = 5, size: int = 64, seed: int = 0,
-                      style: str = "neon", style_noun: str = "house") -> Path:
+                      style: str = "sketch", style_noun: str = "house") -> Path:
     """Write the sample subject (``views`` images) and style (1 image) under ``root``."""
     root = Path(root)
     subject, style_dir = root / "subjects" / "robot", root / "styles" / style
