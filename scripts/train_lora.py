@@ -6,7 +6,7 @@
 It runs the training node's function (``templates.lora_nodes.train_lora_node`` →
 ``core.lora_training.train_lora``, which runs under ``accelerate``) on the newest prepared data
 from the Kedro catalog and, on the main process only, saves the LoRA, training log and loss
-curve to the catalog as new versions — so later ``kedro run --pipeline merge`` picks them up.
+curve to the catalog as new versions — so later ``kedro run --pipelines merge`` picks them up.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ directory is the project; ``kedro`` bootstraps the project from there, which nee
 folder: the copy has an empty one and the package comes from the installed, editable source).
 
 Checks the versioned LoRA files (loadable with plain diffusers), the MLflow run in the *copy's*
-``mlflow.db``, that ``--pipeline subject_lora`` re-trains only the subject LoRA, and that a bad
+``mlflow.db``, that ``--pipelines subject_lora`` re-trains only the subject LoRA, and that a bad
 ``--params`` fails before any node runs.
 """
 
@@ -50,12 +50,10 @@ def _lora_path(project: Path, concept: str, version: str) -> Path:
     return project / "data" / "06_models" / f"{concept}_lora" / LORA_FILE / version / LORA_FILE
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory, mini_model_path) -> Path:
+def _copy_project(root: Path, mini_model_path: Path) -> Path:
     """A runnable copy of the project: conf/, pyproject.toml, .telemetry, sample data, the session's model."""
     from ziplora_pipeline.sample_data import write_sample_data
 
-    root = tmp_path_factory.mktemp("kedro_project")
     shutil.copytree(PROJECT_ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
     (root / "conf" / "local").mkdir()
     shutil.copy(PROJECT_ROOT / "pyproject.toml", root / "pyproject.toml")
@@ -65,6 +63,25 @@ def project(tmp_path_factory, mini_model_path) -> Path:
     # At the default base_model path, a random-weight miniature (fast; these tests check the training spine).
     shutil.copytree(mini_model_path, root / "data" / "06_models" / "toy_sdxl")
     return root
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, mini_model_path) -> Path:
+    return _copy_project(tmp_path_factory.mktemp("kedro_project"), mini_model_path)
+
+
+@pytest.fixture
+def fresh_project(tmp_path, mini_model_path) -> Path:
+    """A project that has never run: only the raw sample folders and the base model."""
+    return _copy_project(tmp_path / "fresh", mini_model_path)
+
+
+def _mlflow_runs(project: Path) -> int:
+    db = project / "mlflow.db"
+    if not db.is_file():
+        return 0
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+        return con.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +159,7 @@ def test_run_is_tracked_in_the_projects_mlflow_db(project, first_run):
 
 
 def test_subject_pipeline_alone_adds_only_a_subject_version(project, first_run):
-    _kedro(project, "run", "--pipeline", "subject_lora", "--params", f"subject.lora.steps={STEPS}")
+    _kedro(project, "run", "--pipelines", "subject_lora", "--params", f"subject.lora.steps={STEPS}")
     subject, style = _versions(project, "subject"), _versions(project, "style")
     assert len(subject) == 2 and subject[0] == first_run["subject"][0]
     assert style == first_run["style"]
@@ -168,3 +185,27 @@ def test_bad_params_fail_before_any_node_with_the_key_named(project, first_run):
     assert "subject.lora.rnak" in out and "subject.lora.rank" in out, out[-3000:]
     assert "Running node" not in out
     assert (_versions(project, "subject"), _versions(project, "style")) == before
+    assert _mlflow_runs(project) == 2, "a run that failed validation must not leave an MLflow run"
+
+
+def test_merge_on_a_fresh_project_names_what_is_missing_and_the_command(fresh_project):
+    proc = _kedro(fresh_project, "run", "--pipelines", "merge", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "subject_lora_weights" in out and "made by the 'subject_lora' stage" in out, out[-3000:]
+    assert "kedro run --pipelines data_prep,style_lora,subject_lora" in out
+    assert "Running node" not in out and "Did not find any versions" not in out
+    # the last line on the screen is the summary, after the traceback
+    assert out.rstrip().splitlines()[-1].startswith("Run `kedro run --pipelines data_prep,style_lora,subject_lora`")
+    assert out.rindex("kedro run --pipelines merge failed: MissingInputError") > out.rindex("Traceback")
+    assert _mlflow_runs(fresh_project) == 0
+
+
+def test_a_missing_subject_folder_fails_before_any_stage_saves(fresh_project):
+    proc = _kedro(fresh_project, "run", "--params", "data_prep.subject.folder=my_dog", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "No images in data/01_raw/subjects/my_dog/" in out and "['robot']" in out, out[-3000:]
+    assert "Running node" not in out
+    assert not (fresh_project / "data" / "03_primary").exists()
+    assert _mlflow_runs(fresh_project) == 0

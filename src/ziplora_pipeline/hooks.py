@@ -1,25 +1,160 @@
-"""Project hooks: fail fast on bad parameters; log saved artifacts to the MLflow run."""
+"""Project hooks: fail fast on bad parameters and missing inputs; track artifacts, input versions and a
+readable name in the MLflow run; end a failed command with a one-line summary."""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import sys
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
 from .params import validate_parameters
+from .preflight import check_inputs
 
 logger = logging.getLogger(__name__)
 
 
-class ParameterValidationHooks:
-    """Validate every parameter against ``params.SCHEMA`` before the first node runs."""
+class PreflightHooks:
+    """Before the first node (and before kedro-mlflow opens a run: ``tryfirst``): validate every parameter
+    against ``params.SCHEMA`` and check that the run's inputs are on disk (``preflight.check_inputs``).
 
-    @hook_impl
+    A typo or a missing input therefore leaves no MLflow run and no half-run of saved versions.
+    """
+
+    @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        from .pipeline_registry import stage_pipelines
+
         params = catalog["parameters"].load() if "parameters" in catalog else {}
         validate_parameters(params)
+        check_inputs(pipeline, catalog, stage_pipelines(), params, run_label(run_params))
+
+
+def stage_names(run_params: dict[str, Any]) -> list[str]:
+    names = run_params.get("pipeline_names") or run_params.get("pipeline_name") or ["__default__"]
+    return [names] if isinstance(names, str) else list(names)
+
+
+def run_label(run_params: dict[str, Any]) -> str:
+    """"the whole job" or "the 'merge' stage" / "the 'a+b' stages", for messages."""
+    names = stage_names(run_params)
+    if names == ["__default__"]:
+        return "the whole job"
+    return f"the '{'+'.join(names)}' stage" + ("s" if len(names) > 1 else "")
+
+
+def run_name(run_params: dict[str, Any]) -> str:
+    """MLflow run name: ``merge · 2026-11-26T12.55`` (stages, then the session's save version to the minute)."""
+    names = stage_names(run_params)
+    stages = "job" if names == ["__default__"] else "+".join(names)
+    return f"{stages} · {str(run_params.get('run_id', ''))[:16]}".rstrip(" ·")
+
+
+class RunTrackingHooks:
+    """What kedro-mlflow leaves out of a run: a readable name, a clean ``runner`` tag and the catalog
+    version of every versioned dataset the run loaded (tag ``input_version.<dataset>`` plus an MLflow
+    dataset input), so a ``merge`` run names the LoRA versions it merged.
+    """
+
+    def __init__(self):
+        self._catalog = None
+        self._logged: set[str] = set()
+
+    @hook_impl
+    def after_catalog_created(self, catalog) -> None:
+        self._catalog = catalog
+
+    @hook_impl(trylast=True)  # after kedro-mlflow's before_pipeline_run has started the run
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        import mlflow
+
+        self._logged = set()
+        run = mlflow.active_run()
+        if run is None:
+            return
+        mlflow.MlflowClient().update_run(run.info.run_id, name=run_name(run_params))
+        runner = str(run_params.get("runner", ""))  # kedro records the runner instance's repr
+        match = re.search(r"(\w+Runner)", runner)
+        if match:
+            mlflow.set_tag("runner", match.group(1))
+
+    @hook_impl
+    def after_dataset_loaded(self, dataset_name: str, data: Any, node) -> None:
+        if self._catalog is None or dataset_name in self._logged:
+            return
+        import mlflow
+
+        if mlflow.active_run() is None:
+            return
+        dataset = self._catalog.get(dataset_name)
+        if not hasattr(dataset, "resolve_load_version"):
+            return
+        version = dataset.resolve_load_version()
+        if not version:
+            return
+        self._logged.add(dataset_name)
+        mlflow.set_tag(f"input_version.{dataset_name}", version)
+        path = saved_path(dataset)
+        source = _local_source_class()
+        if path and source is not None:
+            from mlflow.data.meta_dataset import MetaDataset
+
+            mlflow.log_input(MetaDataset(source(os.path.abspath(path)), name=dataset_name, digest=version),
+                             context="input")
+
+
+def _local_source_class():
+    """mlflow's ``LocalArtifactDatasetSource`` (a local file or folder): it is registered at run time, not
+    importable by name, and ``resolve_dataset_source`` warns that two registrations match a local path."""
+    from mlflow.data import dataset_source_registry
+
+    return next((c for c in dataset_source_registry.get_registered_sources()
+                 if c.__name__ == "LocalArtifactDatasetSource"), None)
+
+
+class ErrorSummaryHooks:
+    """After a failed ``kedro`` command's traceback, one line that says what failed and why.
+
+    Kedro re-raises the error and Python prints the (long) traceback at exit through ``sys.excepthook``;
+    this wraps that hook once per process, so the summary is the last thing on the screen.
+    """
+
+    _installed = False
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        if ErrorSummaryHooks._installed:
+            return
+        ErrorSummaryHooks._installed = True
+        previous = sys.excepthook
+        command = "kedro " + " ".join(sys.argv[1:]) if sys.argv and "kedro" in sys.argv[0] else "the run"
+
+        def excepthook(exc_type, exc, tb):
+            previous(exc_type, exc, tb)
+            sys.stderr.write("\n" + error_summary(command, exc_type, exc) + "\n")
+
+        sys.excepthook = excepthook
+
+
+def error_summary(command: str, exc_type, exc) -> str:
+    """``<command> failed: <Type>: <message>``; our own errors keep their whole (short, actionable) message."""
+    if issubclass(exc_type, KeyboardInterrupt):
+        return f"{command} was interrupted. Run the same command again: LoRA training resumes from its last checkpoint."
+    cause = exc.__cause__ or exc.__context__
+    # kedro wraps load/save errors (DatasetError); when the cause is ours, it is the one that says what to do
+    if cause is not None and _ours(cause) and not _ours(exc):
+        return error_summary(command, type(cause), cause)
+    text = str(exc).strip()
+    if not _ours(exc):
+        text = text.splitlines()[0] if text else ""
+    return f"{command} failed: {exc_type.__name__}: {text}"
+
+
+def _ours(exc: BaseException) -> bool:
+    return type(exc).__module__.split(".")[0] == "ziplora_pipeline"
 
 
 class MlflowArtifactHooks:

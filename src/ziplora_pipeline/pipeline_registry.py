@@ -1,5 +1,8 @@
 """Project pipelines: every folder under ``pipelines/`` is a runnable stage."""
 
+import importlib
+import pkgutil
+
 from kedro.framework.project import find_pipelines
 from kedro.pipeline import Pipeline
 
@@ -9,3 +12,17 @@ def register_pipelines() -> dict[str, Pipeline]:
     # pretrain builds the committed toy-world base model: run it on purpose, never as part of the job.
     pipelines["__default__"] = sum((p for name, p in pipelines.items() if name != "pretrain"), Pipeline([]))
     return pipelines
+
+
+def stage_pipelines() -> dict[str, Pipeline]:
+    """Every stage, in the order the whole job runs them (data_prep first).
+
+    ``register_pipelines`` cannot tell which stage makes a missing input: under ``kedro run --pipelines x``
+    Kedro 1.7 loads only ``x`` (``find_pipelines`` honours the CLI's filter), so this imports them all.
+    """
+    from . import pipelines as package
+
+    stages = {m.name: importlib.import_module(f"{package.__name__}.{m.name}").create_pipeline()
+              for m in pkgutil.iter_modules(package.__path__) if m.ispkg}
+    position = {n.name: i for i, n in enumerate(sum(stages.values(), Pipeline([])).nodes)}  # topological
+    return dict(sorted(stages.items(), key=lambda kv: min(position[n.name] for n in kv[1].nodes)))

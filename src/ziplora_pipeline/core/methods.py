@@ -58,7 +58,7 @@ class MethodAssets:
     def file(self, name: str) -> LoraFile:
         if name not in self.files:
             raise ValueError(f"Method '{name}' has no LoRA file among {sorted(self.files)}: the method files are from a "
-                           "run where it was switched off. Run `kedro run --pipeline generation` to rebuild them.")
+                           "run where it was switched off. Run `kedro run --pipelines generation` to rebuild them.")
         return self.files[name]
 
 

@@ -127,3 +127,50 @@ def render_report(frame: pd.DataFrame, *, compare: tuple[str, str], sheets: list
     ]
     lines += [f"![{s}]({s})\n" for s in sheets]
     return "\n".join(lines)
+
+
+REPORT_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.45}
+table{border-collapse:collapse;font-size:.85em;display:block;overflow-x:auto;max-width:100%}
+th,td{border:1px solid #ccc;padding:.25em .5em;text-align:right;white-space:nowrap}th{background:#f3f3f3}
+td:first-child,th:first-child{text-align:left}img{max-width:100%;image-rendering:pixelated}
+code{background:#f3f3f3;padding:0 .2em}"""
+
+
+def report_html(markdown_text: str, images: dict[str, bytes], title: str = "ZipLoRA report") -> str:
+    """One self-contained HTML page: ``markdown_text`` rendered (tables included) with every image that the
+    markdown links by file name embedded as a ``data:`` URI.
+
+    Why: MLflow's artifact viewer shows a Markdown file's relative image links as broken images and cuts wide
+    tables; an HTML artifact is displayed as it is. markdown-it-py (rich's renderer) turns the markdown into HTML.
+    """
+    import base64
+    import html
+    import re
+
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown_text)
+
+    def embed(match: re.Match) -> str:
+        name = html.unescape(match.group(1))
+        data = images.get(name)
+        if data is None:
+            return match.group(0)
+        return f'src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}"'
+
+    body = re.sub(r'src="([^"]+)"', embed, body)
+    return (f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{REPORT_CSS}</style></head>\n<body>\n{body}</body></html>\n")
+
+
+def png_bytes(content) -> bytes:
+    """A PIL image or a matplotlib figure as PNG bytes (figures at 100 dpi, tight, then closed)."""
+    import io
+
+    buf = io.BytesIO()
+    if hasattr(content, "savefig"):
+        content.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+        plt.close(content)
+    else:
+        content.save(buf, format="PNG")
+    return buf.getvalue()

@@ -30,13 +30,7 @@ def prepare_concept(partitions: dict[str, Callable[[], bytes]], concept_params: 
     """
     cfg = from_dict(ConceptDataConfig, concept_params, f"data_prep.{concept}")
     prefix = f"{cfg.folder}/"
-    ids = sorted(p for p in partitions if p.startswith(prefix) and not p.rsplit("/", 1)[-1].startswith("."))
-    if not ids:
-        folders = sorted({p.split("/", 1)[0] for p in partitions})
-        raise ImageInputError(
-            f"No images in {root}/{cfg.folder}/ for the {concept}. Create that folder with your images, or set "
-            f"data_prep.{concept}.folder to one of {folders}."
-        )
+    ids = concept_ids(partitions, cfg.folder, concept, root)
     images, errors = {}, []
     for pid in ids:
         name = f"{root}/{pid}"
@@ -55,14 +49,37 @@ def prepare_concept(partitions: dict[str, Callable[[], bytes]], concept_params: 
     return images, prompt
 
 
+def concept_ids(partitions, folder: str, concept: str, root: str) -> list[str]:
+    """The partition ids under ``<folder>/`` (hidden files skipped), sorted; also the pre-run check of the
+    raw folders (``preflight``), so a missing folder fails before any stage saves anything.
+
+    Raises:
+        ImageInputError: the folder is missing or empty (names it and the folders that exist).
+    """
+    prefix = f"{folder}/"
+    ids = sorted(p for p in partitions if p.startswith(prefix) and not p.rsplit("/", 1)[-1].startswith("."))
+    if not ids:
+        folders = sorted({p.split("/", 1)[0] for p in partitions})
+        raise ImageInputError(
+            f"No images in {root}/{folder}/ for the {concept}. Create that folder with your images, set "
+            f"data_prep.{concept}.folder to one of {folders}, or run `python scripts/make_sample_data.py` "
+            f"for the sample robot and style."
+        )
+    return ids
+
+
+# Raw catalog inputs -> (concept, folder shown in messages); preflight checks them before the run.
+RAW_INPUTS = {"raw_subjects": ("subject", "data/01_raw/subjects"), "raw_styles": ("style", "data/01_raw/styles")}
+
+
 def prepare_subject(partitions: dict[str, Callable[[], bytes]], params: dict, resolution: int):
     """Subject photos from ``data/01_raw/subjects/<folder>/``."""
-    return prepare_concept(partitions, params, resolution, "subject", "data/01_raw/subjects")
+    return prepare_concept(partitions, params, resolution, *RAW_INPUTS["raw_subjects"])
 
 
 def prepare_style(partitions: dict[str, Callable[[], bytes]], params: dict, resolution: int):
     """The style exemplar from ``data/01_raw/styles/<folder>/``."""
-    return prepare_concept(partitions, params, resolution, "style", "data/01_raw/styles")
+    return prepare_concept(partitions, params, resolution, *RAW_INPUTS["raw_styles"])
 
 
 def combine_for_joint(subject_images: dict[str, Image.Image], subject_prompt: dict, style_images: dict[str, Image.Image],

@@ -18,7 +18,7 @@ from ...core.generation import GenerationConfig
 from ...core.image_metrics import harmonic, image_scores, load_encoders
 from ...core.lora_io import LoraFile
 from ...core.methods import MethodAssets
-from ...core.report import judged_chart, markdown_table, metrics_chart, render_report
+from ...core.report import judged_chart, markdown_table, metrics_chart, png_bytes, render_report, report_html
 from ...core.verdict import AXES, judged_frame, summarise, verdict
 from ...tracking import step_logger
 
@@ -85,6 +85,8 @@ def metrics_table(fidelity: dict, image_metrics: dict, method_costs: dict,
     frame = metrics_frame(specs, fidelity, image_metrics["methods"], method_costs)
     for row in frame.to_dict("records"):
         values = {k: v for k, v in row.items() if isinstance(v, float) and not math.isnan(v)}
+        if row["method"] == "joint" and "merge_seconds" in values:  # the table's cost column; for joint
+            values["train_seconds"] = values.pop("merge_seconds")  # training it is the joint LoRA's training
         step_logger(f"eval.{row['method']}")(0, **values)
     logger.info("Metrics table: %d methods × %d columns", len(frame), len(frame.columns))
     return frame, markdown_table(frame)
@@ -113,4 +115,6 @@ def write_report(metrics: pd.DataFrame, contact_sheets: dict[str, Image.Image], 
     files = {"report.md": text, "metrics_chart.png": metrics_chart(metrics, note), **sheets}
     if meaningful:
         files["judged_chart.png"] = judged_chart(judged)
-    return files
+    pngs = {name: png_bytes(content) for name, content in files.items() if name.endswith(".png")}
+    # report.html: the same page with its images inside, for MLflow's artifact viewer (see report_html)
+    return {**files, **pngs, "report.html": report_html(text, pngs)}

@@ -50,13 +50,17 @@ def zip_merge(subject_lora: LoraFile, style_lora: LoraFile, subject_images: dict
     loras = _factors(subject_lora, style_lora, pipe)
     inputs = {"subject": encode_concept(pipe, [subject_images[k] for k in sorted(subject_images)], subject_prompt["prompt"]),
               "style": encode_concept(pipe, [style_images[k] for k in sorted(style_images)], style_prompt["prompt"])}
-    log = step_logger("merge")
+    # merge.step.*: each optimiser step's batch (one noise draw per concept); merge.pool.*: the whole
+    # teacher pool before and after (the figures the log line below and merge_log.json report).
+    log = step_logger("merge.step")
     with measure(pipe.unet.device) as cost:  # peak memory for the evaluation's cost column
         result = ziplora_merge(pipe.unet, loras, inputs, cfg, training_scheduler(pipe), on_step=log)
     merged = factors_to_lora_file(
         merged_factors(loras, result.mergers, {"subject": cfg.subject_scale, "style": cfg.style_scale}),
         description=f"ZipLoRA merge of '{subject_prompt['prompt']}' and '{style_prompt['prompt']}'")
     steps = len(result.history["loss"])
+    step_logger("merge.pool")(steps, **{f"{k}_initial": v for k, v in result.initial.items()},
+                              **{f"{k}_final": v for k, v in result.final.items()})
     logger.info("ZipLoRA merge: %d steps in %.1f s; recon subject %.4f -> %.4f, style %.4f -> %.4f, "
                 "mean |cos(m_c, m_s)| %.3f -> %.3f", steps, result.seconds,
                 result.initial["recon_subject"], result.final["recon_subject"],
