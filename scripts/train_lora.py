@@ -39,7 +39,7 @@ def main() -> None:
         validate_parameters(params)
         lora, log, figure = train_lora_node(
             catalog[f"{args.concept}_images"].load(), catalog[f"{args.concept}_prompt"].load(),
-            params[args.concept]["lora"], params["base_model"], catalog["lora_checkpoints"].load())
+            params[args.concept]["lora"], params["base_model"], catalog[f"{args.concept}_lora_checkpoints"].load())
         if int(os.environ.get("RANK", 0)) == 0:  # one writer
             catalog[f"{args.concept}_lora_weights"].save(lora)
             catalog[f"{args.concept}_training_log"].save(log)

@@ -150,7 +150,15 @@ def test_report_says_when_image_metrics_come_from_random_encoders():
     assert "Table 2" in text and "the paper's numbers, not ours" in text and "0.420" in text
     assert "![contact_sheet_seed0.png](contact_sheet_seed0.png)" in text and "(chart.png)" in text
     assert "random weights" not in render_report(frame, random_encoders=[], **kwargs)
-    assert len(metrics_chart(frame).axes[0].patches) == 4 * 4  # 4 methods × the 4 metrics that have values
+    # two panels: image metrics (clip_style, clip_text: dino_subject/harmonic were never measured) above the
+    # fidelity diagnostic; a measured 0 (base's fidelity) gets a tick; left-out columns are not drawn
+    top, bottom = metrics_chart(frame).axes
+    assert len(top.patches) == 4 * 2 and len(bottom.patches) == 4 * 2
+    assert [t.get_text() for t in bottom.get_legend().get_texts()] == ["subject_fidelity", "style_fidelity"]
+    ticks = bottom.collections[0].get_offsets()
+    assert len(ticks) == 4 and 0.0 in ticks[:, 1]
+    [only] = metrics_chart(frame, leave_out=("clip_style", "clip_text")).axes
+    assert len(only.patches) == 4 * 2 and "fidelity" in only.get_title()
 
 
 # ---- parameters -------------------------------------------------------------------------------

@@ -36,14 +36,14 @@ def run_outputs(sample_raw, base_params, tmp_path):
         "params:data_prep.resolution": MemoryDataset(RESOLUTION),
         "params:subject.lora": MemoryDataset(LORA_PARAMS),
         "params:base_model": MemoryDataset(base_params),
-        "lora_checkpoints": MemoryDataset(checkpoints, copy_mode="assign"),
+        "subject_lora_checkpoints": MemoryDataset(checkpoints, copy_mode="assign"),
     }
     # Intermediate and final outputs: in memory too, without deep copies of images/figures.
     for name in ("subject_images", "subject_prompt", "style_images", "style_prompt", "joint_images", "joint_prompt",
                  "subject_lora_weights", "subject_training_log", "subject_loss_curve"):
         datasets[name] = MemoryDataset(copy_mode="assign")
     catalog = DataCatalog(datasets=datasets)
-    assert pipeline.inputs() == {k for k in datasets if k.startswith(("raw_", "params:")) or k == "lora_checkpoints"}
+    assert pipeline.inputs() == {k for k in datasets if k.startswith(("raw_", "params:")) or k == "subject_lora_checkpoints"}
     outputs = SequentialRunner().run(pipeline, catalog)
     return outputs, catalog, checkpoints
 

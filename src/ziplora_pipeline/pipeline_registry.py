@@ -7,8 +7,15 @@ from kedro.framework.project import find_pipelines
 from kedro.pipeline import Pipeline
 
 
+def _namespaced(name: str, stage: Pipeline) -> Pipeline:
+    """The stage in a namespace named after it (Kedro-Viz draws one collapsible box per stage, nodes are
+    ``merge.zip_merge``); dataset and parameter names stay as the catalog and conf/ spell them."""
+    return Pipeline(stage, namespace=name, prefix_datasets_with_namespace=False)
+
+
 def register_pipelines() -> dict[str, Pipeline]:
-    pipelines = find_pipelines(raise_errors=True)
+    pipelines = {name: _namespaced(name, p) for name, p in find_pipelines(raise_errors=True).items()
+                 if name != "__default__"}
     # pretrain builds the committed toy-world base model: run it on purpose, never as part of the job.
     pipelines["__default__"] = sum((p for name, p in pipelines.items() if name != "pretrain"), Pipeline([]))
     return pipelines
@@ -22,7 +29,7 @@ def stage_pipelines() -> dict[str, Pipeline]:
     """
     from . import pipelines as package
 
-    stages = {m.name: importlib.import_module(f"{package.__name__}.{m.name}").create_pipeline()
+    stages = {m.name: _namespaced(m.name, importlib.import_module(f"{package.__name__}.{m.name}").create_pipeline())
               for m in pkgutil.iter_modules(package.__path__) if m.ispkg}
     position = {n.name: i for i, n in enumerate(sum(stages.values(), Pipeline([])).nodes)}  # topological
     return dict(sorted(stages.items(), key=lambda kv: min(position[n.name] for n in kv[1].nodes)))

@@ -26,19 +26,37 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return frame.astype(object).where(frame.notna(), None).to_markdown(index=False, floatfmt=".3f", missingval="")
 
 
-def metrics_chart(frame: pd.DataFrame, note: str = "") -> plt.Figure:
-    """Grouped bars: one group per method, one bar per metric that has any value; ``note`` under the title."""
-    metrics = [m for m in METRICS if frame[m].notna().any()]
+DIAGNOSTIC = ("subject_fidelity", "style_fidelity")  # the merge's own objective (Eq. 3): not evidence
+
+
+def metrics_chart(frame: pd.DataFrame, note: str = "", leave_out: tuple[str, ...] = ()) -> plt.Figure:
+    """Grouped bars per method in two panels: the image metrics (encoders/judges the merge never saw) on top,
+    the output-fidelity diagnostic below. Columns in ``leave_out`` (e.g. from random encoders) and values that
+    were not measured (NaN) are not drawn at all; every measured value has a tick at its height, so a
+    measured 0 shows as a tick on the axis rather than as a missing bar."""
+    measured = [m for m in METRICS if m not in leave_out and frame[m].notna().any()]
+    panels = [(title, cols) for title, cols in (
+        ("Image metrics (held-out encoders/judges)", [m for m in measured if m not in DIAGNOSTIC]),
+        ("Diagnostic: output fidelity (the merge's own objective, Eq. 3)", [m for m in measured if m in DIAGNOSTIC]),
+    ) if cols] or [("No metric was measured", [])]
     x = np.arange(len(frame))
-    width = 0.8 / max(len(metrics), 1)
-    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(frame) + 2), 4.5))
-    for i, m in enumerate(metrics):
-        ax.bar(x + (i - (len(metrics) - 1) / 2) * width, frame[m].fillna(0).to_numpy(), width, label=m)
-    ax.axhline(0, color="black", linewidth=0.6)
-    ax.set_xticks(x, frame["method"], rotation=35, ha="right")
-    ax.set(ylabel="score (higher is better)", title="Methods × metrics (missing bars: not measured)"
-           + (f"\n{note}" if note else ""))
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(8, 0.9 * len(frame) + 2), 3.4 * len(panels)),
+                             sharex=True, squeeze=False)
+    for ax, (title, cols) in zip(axes[:, 0], panels):
+        width = 0.8 / max(len(cols), 1)
+        for i, m in enumerate(cols):
+            xs = x + (i - (len(cols) - 1) / 2) * width
+            values = frame[m].to_numpy(dtype=float)
+            ax.bar(xs, values, width, label=m)  # NaN: no bar
+            ok = ~np.isnan(values)
+            ax.scatter(xs[ok], values[ok], marker="_", s=(width * 40) ** 2, color="black", linewidths=1, zorder=3)
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.set(ylabel="score (higher is better)", title=title)
+        if cols:
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    axes[-1, 0].set_xticks(x, frame["method"], rotation=35, ha="right")
+    if note:
+        fig.suptitle(note, fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -111,8 +111,10 @@ def write_report(metrics: pd.DataFrame, contact_sheets: dict[str, Image.Image], 
                          judged_chart="judged_chart.png" if meaningful else None,
                          toy_judges=image_metrics.get("toy_judges", []))
     logger.info(verdict(judged, *cfg.compare) if meaningful else headline(metrics, *cfg.compare))
-    note = ("image metrics from tiny RANDOM encoders: meaningless" if image_metrics["random_encoders"] else "")
-    files = {"report.md": text, "metrics_chart.png": metrics_chart(metrics, note), **sheets}
+    random = image_metrics["random_encoders"]  # e.g. ["clip"]: its columns (and the harmonic mean) mean nothing
+    leave_out = tuple(c for c in metrics.columns if random and (c.split("_")[0] in random or c == "harmonic"))
+    note = f"left out: {', '.join(leave_out)} (random {'/'.join(e.upper() for e in random)} encoders)" if random else ""
+    files = {"report.md": text, "metrics_chart.png": metrics_chart(metrics, note, leave_out), **sheets}
     if meaningful:
         files["judged_chart.png"] = judged_chart(judged)
     pngs = {name: png_bytes(content) for name, content in files.items() if name.endswith(".png")}

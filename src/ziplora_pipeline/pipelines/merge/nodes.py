@@ -7,7 +7,8 @@ import logging
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -137,20 +138,41 @@ def merge_figure(history: dict[str, list[float]]) -> plt.Figure:
     return fig
 
 
+def _unet_block(layer: str) -> str:
+    """``down_blocks.1.attentions.0...to_q`` -> ``down_blocks.1``; ``mid_block...`` -> ``mid_block``."""
+    parts = layer.split(".")
+    return ".".join(parts[:2]) if parts[0] in ("down_blocks", "up_blocks") else parts[0]
+
+
+def _bars_by_block(ax, per_layer: dict[str, float], label: str | None = None) -> None:
+    """One bar per layer (adapted linear layer), in UNet order, coloured and labelled by UNet block."""
+    blocks = [_unet_block(k) for k in per_layer]
+    order = list(dict.fromkeys(blocks))
+    colours = {b: plt.cm.tab10(i % 10) for i, b in enumerate(order)}
+    x = np.arange(len(per_layer))
+    ax.bar(x, list(per_layer.values()), width=0.85, color=[colours[b] for b in blocks], label=label)
+    centres = [x[[b == block for b in blocks]].mean() for block in order]
+    ax.set_xticks(centres, [b.replace("_blocks.", " ").replace("_block", "") for b in order], rotation=30, ha="right")
+    for boundary in np.flatnonzero([a != b for a, b in zip(blocks, blocks[1:])]):
+        ax.axvline(boundary + 0.5, color="grey", linewidth=0.5)
+
+
 def analysis_figure(report: dict) -> plt.Figure:
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    align = list(report["column_alignment"]["per_layer"].values())
-    after = list(report["merger_abs_cos"]["per_layer_after"].values())
-    axes[0].bar(range(len(align)), align)
-    axes[0].set(title="|cos| of ΔW_c, ΔW_s columns per layer", xlabel="layer", ylim=(0, 1))
-    axes[1].plot(range(len(after)), [1.0] * len(after), "--", label="before (ones)")
-    axes[1].plot(range(len(after)), after, "o-", ms=3, label="after ZipLoRA")
-    axes[1].set(title="|cos(m_c, m_s)| per layer (Fig. 3b)", xlabel="layer", ylim=(0, 1.05))
-    axes[1].legend()
+    """Per-layer bars grouped by UNet block (why the mergers matter where), then the pruning curve."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    _bars_by_block(axes[0], report["column_alignment"]["per_layer"])
+    axes[0].set(title="|cos| of ΔW_c, ΔW_s columns, per layer", xlabel="UNet block (one bar per adapted layer)",
+                ylabel="mean |cos| over columns", ylim=(0, 1))
+    _bars_by_block(axes[1], report["merger_abs_cos"]["per_layer_after"], label="after ZipLoRA")
+    axes[1].axhline(1.0, linestyle="--", color="black", linewidth=0.8, label="before (all ones)")
+    axes[1].set(title="|cos(m_c, m_s)| per layer (Fig. 3b)", xlabel="UNet block (one bar per adapted layer)",
+                ylabel="|cos(m_c, m_s)|", ylim=(0, 1.15))
+    axes[1].legend(fontsize=8, loc="upper right", ncols=2)
     for name, pr in report["pruning_output_change"].items():
         fr = [int(k.split("_")[1].rstrip("pct")) for k in pr]
         axes[2].plot(fr, list(pr.values()), "o-", label=name)
-    axes[2].set(title="output change when zeroing smallest |ΔW|", xlabel="% zeroed", ylabel="relative change")
+    axes[2].set(title="output change when zeroing smallest |ΔW|", xlabel="% of entries zeroed",
+                ylabel="relative output change")
     axes[2].legend()
     fig.tight_layout()
     return fig
