@@ -39,7 +39,7 @@ def stage_names(run_params: dict[str, Any]) -> list[str]:
 
 
 def run_label(run_params: dict[str, Any]) -> str:
-    """"the whole job" or "the 'merge' stage" / "the 'a+b' stages", for messages."""
+    """For messages: 'the whole job', "the 'merge' stage" or "the 'a+b' stages"."""
     names = stage_names(run_params)
     if names == ["__default__"]:
         return "the whole job"
