@@ -86,7 +86,13 @@ def test_tiny_random_encoders_are_built_loaded_and_flagged(encoders):
     assert torch.allclose(emb[0], emb[1]) and (emb[0] @ emb[2]) < 1 - 1e-4
     scores = alignment(encoders, [a, b], ["a sks robot in zwx style"] * 2, [a], [b], ("sks", "zwx"))
     assert set(scores) == {"clip_style", "dino_subject", "clip_text", "harmonic"}
-    assert all(v is None or -1 <= v <= 1 for v in scores.values())
+    # each score is the mean cosine the metric defines (style ref b, subject ref a), recomputed from the embeddings
+    clip, dino = encoders.clip.images([a, b]), encoders.dino.images([a, b])
+    assert scores["clip_style"] == pytest.approx((clip @ clip[1]).mean().item(), abs=1e-5)
+    assert scores["dino_subject"] == pytest.approx((dino @ dino[0]).mean().item(), abs=1e-5)
+    text = encoders.clip.texts(["a robot in style"])[0]  # the neutral prompt: sks and zwx dropped
+    assert scores["clip_text"] == pytest.approx((clip @ text).mean().item(), abs=1e-5)
+    assert scores["harmonic"] == harmonic(scores["dino_subject"], scores["clip_style"])
 
 
 def test_an_encoder_that_cannot_be_loaded_is_named_and_its_metrics_skipped(tmp_path, caplog):

@@ -61,7 +61,7 @@ def trained(base_cfg, subject_images, style_images):
 
 # ---- PEFT merges ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method", ["peft_cat", "peft_ties", "peft_dare_ties", "peft_svd"])
+@pytest.mark.parametrize("method", ["peft_cat", "peft_ties_svd", "peft_dare_ties_svd", "peft_svd"])
 def test_each_peft_merge_is_a_lora_plain_diffusers_loads(tmp_path, base_cfg, trained, unet_probe, method):
     lora = trained["assets"].files[method]
     path = tmp_path / f"{method}.safetensors"
@@ -124,12 +124,47 @@ def test_klora_on_the_unet_equals_the_lora_it_selects(base_cfg, trained, unet_pr
         torch.testing.assert_close(got, unet_probe(ref.unet), atol=1e-5, rtol=0)
 
 
-def test_klora_selects_per_sample_by_timestep(base_cfg, trained):
-    klora = KLoRA(trained["factors"]["subject"], trained["factors"]["style"], KLoraConfig(top_k=4))
-    early, late = klora.choices(0.0), klora.choices(1.0)
-    assert set(early) == set(trained["factors"]["subject"])
-    share = lambda ch: sum(v == "subject" for v in ch.values())  # noqa: E731
-    assert share(early) >= share(late)  # the style scale grows from β to α + β over denoising
+def test_klora_rule_picks_per_layer_and_time_from_topk_scores():
+    """S_c / γ > S_s (α τ + β) on layers with known top-1 scores: always subject, subject then style, always style."""
+    f = lambda v: LoraFactors(torch.full((1, 2), v), torch.ones(2, 1), 1.0)  # noqa: E731  ΔW entries all = v
+    subject = {"x": f(3.0), "y": f(1.5), "z": f(0.4)}
+    style = {"x": f(1.0), "y": f(1.0), "z": f(1.0)}
+    klora = KLoRA(subject, style, KLoraConfig(top_k=1, alpha=1.5, beta=0.5, gamma=1.0))
+    # y: 1.5 > 1.5 τ + 0.5  <=>  τ < 2/3
+    assert klora.choices(0.0) == {"x": "subject", "y": "subject", "z": "style"}
+    assert klora.choices(0.6) == {"x": "subject", "y": "subject", "z": "style"}
+    assert klora.choices(0.7) == {"x": "subject", "y": "style", "z": "style"}
+    assert klora.choices(1.0) == {"x": "subject", "y": "style", "z": "style"}
+
+
+def test_klora_selects_per_sample_in_a_batch_of_mixed_timesteps(base_cfg, trained):
+    """One batch with an early (t=999) and a late (t=0) sample equals the two samples run alone: the choice is made
+    per sample from its own timestep, and γ is set so that layers do switch between the two."""
+    sub, sty = trained["factors"]["subject"], trained["factors"]["style"]
+    scores = KLoRA(sub, sty, KLoraConfig(gamma=1.0)).scores  # {layer: (S_c, S_s)}
+    ratios = sorted(c / s for c, s in scores.values())
+    cfg = KLoraConfig(gamma=ratios[len(ratios) // 2] / (1.5 * 0.5 + 0.5))  # the median layer flips at τ = 0.5
+    klora = KLoRA(sub, sty, cfg)
+    early, late = klora.choices(0.001), klora.choices(1.0)
+    switched = [p for p in early if early[p] != late[p]]
+    assert switched and all(early[p] == "subject" and late[p] == "style" for p in switched)
+
+    g = torch.Generator().manual_seed(7)
+    size = RESOLUTION // 8
+    sample, hidden = torch.randn(2, 4, size, size, generator=g), torch.randn(2, 77, 64, generator=g)
+    pooled, time_ids = torch.randn(2, 32, generator=g), torch.tensor([[64.0, 64, 0, 0, 64, 64]] * 2)
+    t = torch.tensor([999, 0])
+    pipe = load_base_pipeline(base_cfg)
+
+    @torch.no_grad()
+    def run(i):
+        return pipe.unet(sample[i], t[i], encoder_hidden_states=hidden[i],
+                         added_cond_kwargs={"text_embeds": pooled[i], "time_ids": time_ids[i]}, return_dict=False)[0]
+
+    with klora.attach(pipe.unet):
+        both, first, second = run(slice(0, 2)), run(slice(0, 1)), run(slice(1, 2))
+    torch.testing.assert_close(both[:1], first, atol=1e-5, rtol=0)
+    torch.testing.assert_close(both[1:], second, atol=1e-5, rtol=0)
 
 
 # ---- output fidelity --------------------------------------------------------------------------

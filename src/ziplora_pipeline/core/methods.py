@@ -10,7 +10,7 @@ put the method on a pipeline's UNet and take it off again:
   ``load_lora_weights`` calls; core.lora_io) and activated with ``set_adapters``;
 - ``ziplora``: ZipLoRA's learned mergers exported at chosen subject/style strengths (paper §5:
   style 1.0 / 0.7 / 0.4), then loaded like any LoRA;
-- ``peft``: a PEFT ``add_weighted_adapter`` merge (cat, ties, dare_ties, svd, ...), loaded like any LoRA;
+- ``peft``: a PEFT ``add_weighted_adapter`` merge (cat, ties_svd, dare_ties_svd, svd, ...), loaded like any LoRA;
 - ``k_lora``: K-LoRA's per-layer, per-step selection (training-free, no file).
 """
 
@@ -40,8 +40,9 @@ DEFAULT_METHODS: dict[str, dict] = {
     "ziplora_style0p4": {"kind": "ziplora", "style_scale": 0.4},
     "k_lora": {},
     "peft_cat": {"kind": "peft", "combination_type": "cat"},
-    "peft_ties": {"kind": "peft", "combination_type": "ties", "density": 0.5},
-    "peft_dare_ties": {"kind": "peft", "combination_type": "dare_ties", "density": 0.5},
+    # the SVD variants sparsify the full ΔW of each LoRA; plain ties/dare_ties would merge unrelated A/B bases
+    "peft_ties_svd": {"kind": "peft", "combination_type": "ties_svd", "density": 0.5},
+    "peft_dare_ties_svd": {"kind": "peft", "combination_type": "dare_ties_svd", "density": 0.5},
     "peft_svd": {"kind": "peft", "combination_type": "svd"},
 }
 

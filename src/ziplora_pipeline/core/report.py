@@ -19,6 +19,9 @@ PAPER_TABLE2 = pd.DataFrame([
     ("Direct merge", 0.702, 0.357, 0.275),
 ], columns=["method (paper)", "style: CLIP-I vs style image", "subject: DINO vs subject images", "text: CLIP-T"])
 PAPER_COST = "ZipLoRA merge 560 s and 21 GB on one A100; joint training 3540 s (paper §5)."
+PEFT_NOTE = ("PEFT baselines: `ties_svd` / `dare_ties_svd` sparsify each LoRA's full ΔW = B·A and refactor the sum "
+             "by SVD; plain `ties` / `dare_ties` (off by default) merge the A and the B factors separately, which "
+             "for two independently trained LoRAs mixes unrelated factor bases, so they are weaker than they need be.")
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
@@ -132,6 +135,7 @@ def render_report(frame: pd.DataFrame, *, compare: tuple[str, str], sheets: list
         "per-layer top-k scores), `peak_mb` its peak memory (`memory_kind` says which: on CPU the growth of the "
         "process' peak resident set, an upper bound; on CUDA allocated tensor memory), `file_mb` the LoRA file "
         "(K-LoRA: both LoRAs).", "",
+        PEFT_NOTE, "",
         markdown_table(frame), "",
         f"![methods × metrics]({chart})", "",
         "## For reference: the paper's Table 2 (not this run)", "",
