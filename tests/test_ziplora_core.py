@@ -51,6 +51,23 @@ def test_low_rank_forward_and_merger_grads_equal_dense_formula(ranks):
         torch.testing.assert_close(a, b, atol=1e-9, rtol=0)
 
 
+def test_merger_scaling_is_fp32_under_a_bf16_layer():
+    """With a bf16 UNet layer, a merger step far below bf16's resolution at 1.0 (2^-7) still moves the output:
+    A·diag(m) is an fp32 product (casting m to bf16 first, as before, rounds 1 + 1e-3 to exactly 1)."""
+    loras = {"subject": _factors(4, 1.0, 1, torch.float32), "style": _factors(4, 1.0, 2, torch.float32)}  # a LoRA file
+    layer = ZipLoRALinear(nn.Linear(IN, OUT).to(torch.bfloat16), loras)
+    assert layer.A.dtype == layer.B.dtype == layer.mergers["subject"].dtype == torch.float32
+    assert torch.tensor(1 + 1e-3).to(torch.bfloat16).item() == 1.0  # what the old cast did to the merger
+    x = torch.randn(16, IN, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    with torch.no_grad():
+        before = layer(x)
+        layer.mergers["subject"].add_(1e-3)
+        after = layer(x)
+    assert after.dtype == torch.bfloat16 and not torch.equal(before, after)
+    g = torch.autograd.grad(layer(x).float().sum(), layer.mergers["subject"])[0]
+    assert g.dtype == torch.float32 and g.abs().sum() > 0
+
+
 def test_one_hot_mergers_give_each_lora_alone_exactly():
     loras = {"subject": _factors(3, 2.0, 1), "style": _factors(5, 0.25, 2)}
     layer = _layer(loras)

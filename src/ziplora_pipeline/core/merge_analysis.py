@@ -68,7 +68,10 @@ def dense_delta_applied(unet, factors: dict[str, LoraFactors], fraction: float =
         for path, f in factors.items():
             w = modules[path].weight
             saved[path] = w.detach().clone()
-            w.add_(prune_smallest(f.delta(), fraction).to(w.device, w.dtype))
+            # W + ΔW summed in fp32 and rounded once to the UNet's dtype (adding a bf16-cast ΔW rounded twice and
+            # dropped small entries); entries below half an ulp of W still vanish in a bf16 UNet.
+            delta = prune_smallest(f.delta().float(), fraction).to(w.device)
+            w.copy_((w.float() + delta).to(w.dtype))
     try:
         yield unet
     finally:

@@ -40,19 +40,21 @@ class ZipLoRALinear(nn.Module):
         self.base = base
         self.names = list(factors)
         self.ranks = [f.rank for f in factors.values()]
-        dtype, device = base.weight.dtype, base.weight.device
-        # Frozen buffers, not parameters: A (Σr, in) and s·B (out, Σr), scales folded in >= fp32.
+        device = base.weight.device
+        # Frozen buffers, not parameters: A (Σr, in) and s·B (out, Σr), scales folded in, kept in fp32 whatever the
+        # UNet's dtype (a few MB per layer): the merger scaling A·diag(m) is then an fp32 product. With a bf16 UNet
+        # casting m itself to bf16 would round a step of lr 0.01 to 0 or to one ulp near 1.0 (2^-7).
         A = torch.cat([f.A.to(torch.promote_types(f.A.dtype, torch.float32)) for f in factors.values()])
         B = torch.cat([f.B.to(torch.promote_types(f.B.dtype, torch.float32)) * f.scale for f in factors.values()], 1)
-        self.register_buffer("A", A.to(device, dtype), persistent=False)
-        self.register_buffer("B", B.to(device, dtype), persistent=False)
+        self.register_buffer("A", A.to(device), persistent=False)
+        self.register_buffer("B", B.to(device), persistent=False)
         # Mergers in fp32 (master weights) even for a half-precision UNet; init 1 = direct merge.
         self.mergers = nn.ParameterDict({n: nn.Parameter(torch.ones(base.in_features, device=device)) for n in factors})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (..., in) -> (..., out)
-        m = torch.cat([self.mergers[n].expand(r, -1) for n, r in zip(self.names, self.ranks)])  # (Σr, in)
-        scaled_A = self.A * m.to(self.A.dtype)  # [A_1 diag(m_1); …; A_k diag(m_k)]
-        return self.base(x) + F.linear(F.linear(x, scaled_A), self.B)  # (..., Σr) -> (..., out)
+        m = torch.cat([self.mergers[n].expand(r, -1) for n, r in zip(self.names, self.ranks)])  # (Σr, in), fp32
+        scaled_A = (self.A * m).to(x.dtype)  # [A_1 diag(m_1); …; A_k diag(m_k)] in fp32, then the activations' dtype
+        return self.base(x) + F.linear(F.linear(x, scaled_A), self.B.to(x.dtype))  # (..., Σr) -> (..., out)
 
 
 def attach_ziplora(unet: nn.Module, loras: dict[str, dict[str, LoraFactors]]) -> dict[str, ZipLoRALinear]:
