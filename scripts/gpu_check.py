@@ -44,38 +44,61 @@ def timed_steps(fn, steps: int, device) -> list[float]:
     return times
 
 
-def build(args, device, dtype):
+def build_folder(args, device, dtype, folder: str) -> None:
+    """Build the pipeline once and save it as a diffusers folder: every stage then loads it afresh
+    through ``load_base_pipeline`` (the real code path), with nothing carried over between stages."""
     from ziplora_pipeline.core.miniature import MiniatureSpec, build_miniature_sdxl, build_sdxl_from_configs
 
     t = time.perf_counter()
-    pipe = build_miniature_sdxl(MiniatureSpec()).to(device) if args.small else build_sdxl_from_configs(device, dtype)
-    pipe.set_progress_bar_config(disable=True)
-    for m in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
-        m.requires_grad_(False)
+    pipe = build_miniature_sdxl(MiniatureSpec()) if args.small else build_sdxl_from_configs(device, dtype)
     logger.info("built pipeline in %.1f s: UNet %.2fB parameters", time.perf_counter() - t,
                 sum(p.numel() for p in pipe.unet.parameters()) / 1e9)
+    t = time.perf_counter()
+    pipe.save_pretrained(folder)
+    logger.info("saved to %s in %.1f s", folder, time.perf_counter() - t)
+    del pipe
+    release(device)
+
+
+def load(args, folder, device):
+    from ziplora_pipeline.core.base_model import BaseModelConfig, load_base_pipeline
+
+    t = time.perf_counter()
+    pipe = load_base_pipeline(BaseModelConfig(pretrained_model_name_or_path=folder, miniature_seed=None,
+                                              device=device.type, dtype="fp32" if args.small else "bf16"))
+    logger.info("loaded a fresh pipeline in %.1f s", time.perf_counter() - t)
     return pipe
+
+
+def release(device) -> None:
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def check_training(pipe, images, args, device) -> tuple[dict, object]:
     from ziplora_pipeline.core.lora_training import LoraTrainingConfig, train_lora
     from ziplora_pipeline.core.sdxl import encode_concept
 
+    reset(device)
     inputs = encode_concept(pipe, images, "a photo of sks robot")
     cfg = LoraTrainingConfig(rank=args.rank, steps=args.train_steps, learning_rate=5e-5, checkpoint_every=0,
                              mixed_precision="no" if args.small else "bf16", gradient_checkpointing=not args.small)
-    reset(device)
     stamps = []
     result = train_lora(pipe, inputs, cfg, "subject", on_step=lambda s, l: (
         torch.cuda.synchronize() if device.type == "cuda" else None, stamps.append(time.perf_counter())))
     per_step = [b - a for a, b in zip(stamps, stamps[1:])]
     fig = {"s_per_step_median": sorted(per_step)[len(per_step) // 2], "s_per_step_min": min(per_step),
            "peak_gb": peak_gb(device), "steps": len(result.losses), "final_loss": result.losses[-1]}
-    pipe.unet.delete_adapters("subject")
-    return fig, (inputs, result.lora)
+    lora = result.lora  # it and the encoded inputs (small next to the UNet) stay on the GPU
+    return fig, (inputs, lora)
 
 
 def check_merge(pipe, subject, style_images, args, device) -> tuple[dict, dict]:
+    """ZipLoRA merge steps on a fresh pipeline, with ``merge.gradient_checkpointing`` off and on (peak and
+    s/step each), then the dense-ΔW reference of the unofficial implementation (no checkpointing)."""
     from merge_step import Variant  # the dense-ΔW reference lives in the benchmark
 
     from ziplora_pipeline.core.lora_factors import LoraFactors, unet_lora_factors
@@ -88,14 +111,22 @@ def check_merge(pipe, subject, style_images, args, device) -> tuple[dict, dict]:
     sty = {p: LoraFactors(torch.randn(f.A.shape, generator=g).to(device) / args.rank,
                           torch.randn(f.B.shape, generator=g).to(device) * 0.01, 1.0) for p, f in sub.items()}
     loras = {"subject": {p: LoraFactors(f.A.to(device), f.B.to(device), f.scale) for p, f in sub.items()}, "style": sty}
-    cfg = MergeConfig(steps=args.merge_steps, teacher_pool=4, mixed_precision="no" if args.small else "bf16")
-    reset(device)
-    stamps = []
-    result = ziplora_merge(pipe.unet, loras, inputs, cfg, training_scheduler(pipe), progress=False,
-                           on_step=lambda s, **k: stamps.append(time.perf_counter()))
-    per_step = [b - a for a, b in zip(stamps, stamps[1:])]
-    ours = {"s_per_step_median": sorted(per_step)[len(per_step) // 2], "s_per_step_min": min(per_step),
+    ours, result = {}, None
+    for ckpt in (False, True):
+        cfg = MergeConfig(steps=args.merge_steps, teacher_pool=4, mixed_precision="no" if args.small else "bf16",
+                          gradient_checkpointing=ckpt)
+        release(device)
+        reset(device)
+        stamps = []
+        result = ziplora_merge(pipe.unet, loras, inputs, cfg, training_scheduler(pipe), progress=False,
+                               on_step=lambda s, **k: (torch.cuda.synchronize() if device.type == "cuda" else None,
+                                                       stamps.append(time.perf_counter())))
+        per_step = [b - a for a, b in zip(stamps, stamps[1:])]
+        ours["gradient_checkpointing" if ckpt else "no_checkpointing"] = {
+            "s_per_step_median": sorted(per_step)[len(per_step) // 2], "s_per_step_min": min(per_step),
             "peak_gb": peak_gb(device), "initial": result.initial, "final": result.final}
+        logger.info("merge (gradient_checkpointing=%s): %s", ckpt, ours[list(ours)[-1]])
+    release(device)
     reset(device)
     dense = Variant("dense", pipe.unet, inputs, loras, {"rank": args.rank, "merge": cfg}, training_scheduler(pipe), device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=not args.small):
@@ -106,11 +137,14 @@ def check_merge(pipe, subject, style_images, args, device) -> tuple[dict, dict]:
 
 
 def check_generation(pipe, merged, args, device, tmp) -> dict:
-    from ziplora_pipeline.core.merge_export import factors_to_lora_file, merged_factors
-    from ziplora_pipeline.datasets.lora_safetensors import LoraSafetensorsDataset
+    from safetensors.torch import save_file
 
+    from ziplora_pipeline.core.merge_export import factors_to_lora_file, merged_factors
+
+    # The exported file, loaded by diffusers' own loader (safetensors directly: no Kedro on a bare GPU box).
     path = os.path.join(tmp, "ziplora.safetensors")
-    LoraSafetensorsDataset(filepath=path).save(factors_to_lora_file(merged_factors(merged["loras"], merged["mergers"])))
+    lora = factors_to_lora_file(merged_factors(merged["loras"], merged["mergers"]))
+    save_file(lora.state_dict, path, metadata=lora.metadata)
     pipe.load_lora_weights(path, adapter_name="ziplora")
     reset(device)
     stamps = []
@@ -144,19 +178,33 @@ def main(argv=None) -> int:
 
     images = subject_views(views=3, size=args.resolution)
     t0 = time.perf_counter()
-    pipe = build(args, device, dtype)
     report = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
               "resolution": args.resolution, "rank": args.rank, "dtype": str(dtype),
-              "memory": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "peak RSS of the process (GB)"}
-    report["lora_training"], subject = check_training(pipe, images, args, device)
-    logger.info("lora_training: %s", report["lora_training"])
-    report["merge"], merged = check_merge(pipe, subject, [style_image(size=args.resolution)], args, device)
-    logger.info("merge: %s", report["merge"])
+              "memory": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "peak RSS of the process (GB)",
+              "stages": "each on a freshly loaded pipeline (load_base_pipeline), memory released in between"}
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
+        folder = os.path.join(tmp, "sdxl")
+        build_folder(args, device, dtype, folder)
+        pipe = load(args, folder, device)
+        report["lora_training"], subject = check_training(pipe, images, args, device)
+        logger.info("lora_training: %s", report["lora_training"])
+        del pipe
+        release(device)
+        pipe = load(args, folder, device)
+        report["merge"], merged = check_merge(pipe, subject, [style_image(size=args.resolution)], args, device)
+        merged = {"loras": {n: {p: f.__class__(f.A.cpu(), f.B.cpu(), f.scale) for p, f in fs.items()}
+                            for n, fs in merged["loras"].items()},
+                  "mergers": {k: v.cpu() for k, v in merged["mergers"].items()}}
+        del pipe
+        release(device)
+        pipe = load(args, folder, device)
         report["generation"] = check_generation(pipe, merged, args, device, tmp)
-    logger.info("generation: %s", report["generation"])
+        logger.info("generation: %s", report["generation"])
+        del pipe
+        release(device)
+    report["merge"]["peak_gb"] = report["merge"]["gradient_checkpointing"]["peak_gb"]  # conf/sdxl's setting
     if device.type == "cuda":
         report["within_targets"] = {k: report[k]["peak_gb"] <= v for k, v in TARGETS_GB.items()}
     report["total_s"] = time.perf_counter() - t0

@@ -74,6 +74,29 @@ def test_learned_mergers_beat_the_direct_merge_on_held_out_draws(base_cfg, conce
     assert zipped["recon_style"] < direct["recon_style"], (zipped, direct)
 
 
+def test_gradient_checkpointing_gives_the_same_mergers_and_is_restored(base_cfg, concepts):
+    """merge.gradient_checkpointing only trades compute for memory: 5 steps with it on give the same mergers as
+    without (recomputed activations are bit-for-bit the same forward), and the UNet's own setting comes back."""
+    pipe = load_base_pipeline(base_cfg)
+    runs, seen = {}, {}
+    for on in (False, True):
+        seen[on] = []
+        runs[on] = ziplora_merge(pipe.unet, concepts["factors"], concepts["inputs"],
+                                 MergeConfig(steps=5, gradient_checkpointing=on), training_scheduler(pipe),
+                                 on_step=lambda s, **k: seen[on].append(pipe.unet.is_gradient_checkpointing),
+                                 progress=False)
+        assert seen[on] == [on] * 5
+        assert not pipe.unet.is_gradient_checkpointing
+    assert runs[True].mergers.keys() == runs[False].mergers.keys()
+    for k, v in runs[False].mergers.items():
+        torch.testing.assert_close(runs[True].mergers[k], v, rtol=1e-5, atol=1e-6)
+    assert runs[True].history["loss"] != runs[False].history["loss"][:1] * 5  # the mergers moved
+    pipe.unet.enable_gradient_checkpointing()  # a LoRA training left it on: the merge must not switch it off
+    ziplora_merge(pipe.unet, concepts["factors"], concepts["inputs"], MergeConfig(steps=1), training_scheduler(pipe),
+                  progress=False)
+    assert pipe.unet.is_gradient_checkpointing
+
+
 def test_merger_file_keys_are_unet_module_paths(base_cfg, merged, concepts):
     modules = dict(load_base_pipeline(base_cfg).unet.named_modules())
     for key, m in merged.mergers.items():

@@ -6,6 +6,7 @@ import random
 
 import numpy as np
 import pytest
+import torch
 
 from ziplora_pipeline.core.toy_world.data import (PoolConfig, WORDS, heldout_prompts, heldout_triples,
                                                  is_sample_subject_like, render_pool)
@@ -67,3 +68,13 @@ def test_every_style_renders_every_class(style):
 
         img = render(Scene(random_instance(rng, cls), style=style, hat=True, background="green"))
         assert np.asarray(img).std() > 10
+
+
+def test_pool_drawn_in_parallel_is_the_same_pool():
+    """``pool.workers`` only spreads the drawing: same images and captions as one process, in the same order."""
+    from ziplora_pipeline.core.toy_world.data import PoolConfig, render_pool
+
+    one, captions_one = render_pool(PoolConfig(size=96, seed=3, workers=1))
+    many, captions_many = render_pool(PoolConfig(size=96, seed=3, workers=3))
+    assert captions_many == captions_one
+    assert torch.equal(many, one)

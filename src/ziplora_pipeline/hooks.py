@@ -157,6 +157,38 @@ def _ours(exc: BaseException) -> bool:
     return type(exc).__module__.split(".")[0] == "ziplora_pipeline"
 
 
+class MemoryHooks:
+    """Release what a node loaded before the next node loads its own pipeline, and log each node's peak
+    GPU memory (issue 9). Every node loads its own pipeline; under mixed precision accelerate's wrapped
+    ``forward`` holds a reference cycle that keeps the previous node's UNet alive until ``gc.collect()``,
+    so without this a whole ``kedro run``'s peak is a sum of stages, not the largest one. On CPU it only
+    collects (no log line: RSS is not a per-node figure).
+    """
+
+    @hook_impl
+    def before_node_run(self, node) -> None:
+        torch = sys.modules.get("torch")  # never import torch just for this
+        if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.reset_peak_memory_stats()
+
+    @hook_impl
+    def after_node_run(self, node) -> None:
+        import gc
+
+        gc.collect()
+        torch = sys.modules.get("torch")
+        if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+            return
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        torch.cuda.empty_cache()
+        logger.info("%s: peak GPU memory %.2f GB (%.2f GB still allocated after release)", node.name, peak,
+                    torch.cuda.memory_allocated() / 2**30)
+        import mlflow
+
+        if mlflow.active_run() is not None:
+            mlflow.log_metric(f"memory.peak_gb.{node.name}", peak)
+
+
 class MlflowArtifactHooks:
     """Log each saved dataset whose catalog ``metadata`` has ``mlflow_artifact_path`` as an artifact.
 

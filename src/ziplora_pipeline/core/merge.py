@@ -46,6 +46,7 @@ class MergeConfig:
     direct_weights: tuple[float, float] = (1.0, 1.0)  # (subject, style) weights of the direct merge
     mixed_precision: str = "no"  # no | fp16 | bf16 (autocast on CUDA)
     normalize_recon: bool = True  # divide each concept's term by ‖D − (D ⊕ L_i)‖ on its pool (see below)
+    gradient_checkpointing: bool = False  # recompute UNet activations in the backward pass (less memory, ~1/3 slower)
 
     def __post_init__(self):
         require(self.steps >= 0, f"merge.steps must be >= 0, got {self.steps}.")
@@ -157,14 +158,21 @@ def ziplora_merge(unet, loras: dict[str, dict[str, LoraFactors]], inputs: dict[s
 
     scheduler = scheduler or _default_scheduler()
     wrappers = attach_ziplora(unet, loras)
+    # Checkpointing is switched on for the merge only and restored after: a pipeline a LoRA training
+    # left it on for would otherwise make gpu_check's merge figure optimistic (issue 9).
+    was_checkpointing = bool(getattr(unet, "is_gradient_checkpointing", False))
+    if cfg.gradient_checkpointing != was_checkpointing:
+        unet.enable_gradient_checkpointing() if cfg.gradient_checkpointing else unet.disable_gradient_checkpointing()
     try:
         return _optimise(unet, wrappers, list(loras), inputs, cfg, scheduler, on_step, progress)
     finally:
         detach_ziplora(unet, wrappers)
+        if cfg.gradient_checkpointing != was_checkpointing:
+            unet.enable_gradient_checkpointing() if was_checkpointing else unet.disable_gradient_checkpointing()
 
 
 def merge_step(unet, wrappers, pools: list[TeacherPool], names: list[str], cfg: MergeConfig, optimizer,
-               generator: torch.Generator, amp=None) -> dict[str, float]:
+               generator: torch.Generator, amp=None, scaler=None) -> dict[str, float]:
     """One optimiser step of Eq. 3 on a batch drawn from the teacher pools; returns the loss terms."""
     idx = [torch.randint(0, cfg.teacher_pool, (cfg.batch_size,), generator=generator) for _ in names]
     with amp or torch.autocast("cpu", enabled=False):
@@ -173,8 +181,13 @@ def merge_step(unet, wrappers, pools: list[TeacherPool], names: list[str], cfg: 
     overlap = overlap_penalty(wrappers.values(), cfg.overlap)
     loss = torch.stack(recon).sum() + cfg.lambda_overlap * overlap
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:  # fp16: scaled backward; the step is skipped (and the scale lowered) on inf/nan gradients
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
     return {"loss": loss.item(), "overlap": overlap.item(), "mean_abs_cos": mean_abs_cosine(wrappers.values()),
             "recon": sum(r.item() for r in recon),
             **{f"recon_{n}": r.item() for n, r in zip(names, recon)}}
@@ -199,11 +212,14 @@ def _optimise(unet, wrappers, names, inputs, cfg, scheduler, on_step, progress) 
     device = next(iter(wrappers.values())).base.weight.device
     amp = (torch.autocast("cuda", dtype=torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float16)
            if cfg.mixed_precision != "no" and device.type == "cuda" else torch.autocast("cpu", enabled=False))
+    # fp16 gradients of a loss ~1e-3 underflow (fp16's smallest normal is 6e-5): scale the loss, as
+    # accelerate does for LoRA training. bf16 has fp32's range and needs none.
+    scaler = (torch.amp.GradScaler("cuda") if cfg.mixed_precision == "fp16" and device.type == "cuda" else None)
     initial = pool_terms(unet, wrappers, pools, names, cfg)
     t0, stopped = time.perf_counter(), False
     bar = tqdm(range(cfg.steps), desc="ZipLoRA merge", leave=False, disable=None if progress else True)  # None: TTY only
     for step in bar:
-        terms = merge_step(unet, wrappers, pools, names, cfg, optimizer, generator, amp)
+        terms = merge_step(unet, wrappers, pools, names, cfg, optimizer, generator, amp, scaler)
         for k, v in terms.items():
             history[k].append(v)
         cos = terms["mean_abs_cos"]

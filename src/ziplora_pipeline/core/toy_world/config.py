@@ -53,8 +53,11 @@ class PretrainConfig:
     unet: UnetTrainingConfig = field(default_factory=UnetTrainingConfig)
     check: CheckConfig = field(default_factory=CheckConfig)
     judges: JudgeTrainingConfig = field(default_factory=JudgeTrainingConfig)
+    device: str = "auto"  # where the pool is encoded and the UNet trains: auto = cuda when present, else cpu
 
     def __post_init__(self):
+        require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+                f"pretrain.device must be auto, cpu or cuda[:N], got {self.device!r}.")
         require(self.pool.image_size == self.model.sample_size,
                 f"pretrain.pool.image_size ({self.pool.image_size}) must equal pretrain.model.sample_size "
                 f"({self.model.sample_size}).")

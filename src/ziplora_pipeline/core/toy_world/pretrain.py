@@ -202,9 +202,9 @@ def encode_images(vae, images: torch.Tensor, batch_size: int = 256) -> tuple[tor
     """Unscaled posterior (mean, std) of uint8 images, each (N, 4, h, w)."""
     means, stds = [], []
     for s in tqdm(range(0, images.shape[0], batch_size), desc="encode pool", mininterval=5):
-        dist = vae.encode(to_pixels(images[s:s + batch_size])).latent_dist
-        means.append(dist.mean)
-        stds.append(dist.std)
+        dist = vae.encode(to_pixels(images[s:s + batch_size]).to(vae.device)).latent_dist
+        means.append(dist.mean.cpu())
+        stds.append(dist.std.cpu())
     return torch.cat(means), torch.cat(stds)
 
 
@@ -252,16 +252,18 @@ def _conditioning(pipe, captions: list[str], drop: torch.Tensor, size: int):
     """Text conditioning through ``pipe.encode_prompt`` (with gradients); dropped captions -> zeros."""
     embeds, _, pooled, _ = pipe.encode_prompt(prompt=captions, device=pipe.unet.device, num_images_per_prompt=1,
                                               do_classifier_free_guidance=False)
-    keep = (~drop).to(embeds.dtype)
-    time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=embeds.dtype).expand(len(captions), -1)
+    keep = (~drop).to(embeds.device, embeds.dtype)
+    time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=embeds.dtype,
+                            device=embeds.device).expand(len(captions), -1)
     return embeds * keep[:, None, None], pooled * keep[:, None], time_ids
 
 
 def unet_loss(pipe, scheduler, latents: torch.Tensor, captions: list[str], drop: torch.Tensor, size: int,
               generator: torch.Generator) -> torch.Tensor:
     """ε-prediction MSE on a batch of (scaled) latents (B, 4, h, w)."""
-    noise = torch.randn(latents.shape, generator=generator)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
+    # Random draws on the CPU generator (the same numbers on any device), then moved to the latents' device.
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator).to(latents.device)
     embeds, pooled, time_ids = _conditioning(pipe, captions, drop, size)
     pred = pipe.unet(scheduler.add_noise(latents, noise, t), t, encoder_hidden_states=embeds, return_dict=False,
                      added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids})[0]
@@ -275,7 +277,12 @@ def _trainables(pipe) -> dict[str, torch.nn.Module]:
 def train_unet(pipe, latent_mean: torch.Tensor, latent_std: torch.Tensor, captions: list[str],
                cfg: UnetTrainingConfig, image_size: int, store: CheckpointStore | None = None,
                on_step: Callable[[int, float], None] | None = None) -> PretrainResult:
-    """Train the UNet and both text encoders in place on scaled latents (N, 4, h, w); EMA weights at the end."""
+    """Train the UNet and both text encoders in place on scaled latents (N, 4, h, w); EMA weights at the end.
+
+    Runs on ``pipe.unet``'s device (move the pipeline to a GPU first: minutes instead of an hour); the
+    latents stay on the CPU and each batch is moved, and every random draw comes from one CPU generator,
+    so a resumed run draws the same batches on any device.
+    """
     from diffusers import DDPMScheduler
 
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -298,6 +305,7 @@ def train_unet(pipe, latent_mean: torch.Tensor, latent_std: torch.Tensor, captio
     for step in bar:
         idx = torch.randint(0, latent_mean.shape[0], (cfg.batch_size,), generator=generator)
         latents = latent_mean[idx] + latent_std[idx] * torch.randn(latent_mean[idx].shape, generator=generator)
+        latents = latents.to(pipe.unet.device)
         drop = torch.rand(cfg.batch_size, generator=generator) < cfg.caption_dropout
         scale = _lr(step, cfg.steps, cfg.warmup_steps)
         optimizer.param_groups[0]["lr"] = cfg.learning_rate * scale

@@ -55,6 +55,13 @@ def pretrain_vae(pool: dict, pretrain_params: dict, checkpoints: CheckpointStore
                               "decoder_seconds": decoder.seconds}
 
 
+def _device(cfg: PretrainConfig) -> torch.device:
+    from ...core.base_model import resolve_device
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" \
+        else resolve_device(cfg.device)
+
+
 def vae_weights(vae) -> dict:
     """The VAE's state dict plus its fitted ``scaling_factor`` (one safetensors file)."""
     weights = {k: v.contiguous() for k, v in vae.state_dict().items()}
@@ -74,7 +81,7 @@ def _toy_pipeline(cfg: PretrainConfig, vae_weights: dict):
 def encode_pool(pool: dict, vae_weights: dict, pretrain_params: dict) -> dict:
     """Scaled VAE posterior of every pool image: ``{"mean", "std"}``, each (N, 4, h, w)."""
     cfg = _cfg(pretrain_params)
-    vae = _toy_pipeline(cfg, vae_weights).vae
+    vae = _toy_pipeline(cfg, vae_weights).vae.to(_device(cfg))
     mean, std = encode_images(vae, pool["images"])
     sf = vae.config.scaling_factor
     return {"mean": (mean * sf).contiguous(), "std": (std * sf).contiguous()}
@@ -87,8 +94,12 @@ def pretrain_unet(latents: dict, captions: list[str], vae_weights: dict, pretrai
     pipe = _toy_pipeline(cfg, vae_weights)
     if cfg.unet.continue_from:
         _load_trainables(pipe, cfg.unet.continue_from)
+    device = _device(cfg)
+    pipe.to(device)
+    logger.info("Training the UNet and text encoders on %s", device)
     result = train_unet(pipe, latents["mean"], latents["std"], captions, cfg.unet, cfg.model.sample_size, checkpoints,
                         _log_every("pretrain.unet"))
+    pipe.to("cpu")
     logger.info("UNet + text encoders: %d steps in %.0f s, final loss %.4f", len(result.losses), result.seconds,
                 sum(result.losses[-50:]) / len(result.losses[-50:]))
     return pipe, {"losses": result.losses, "seconds": result.seconds, "resumed_from": result.resumed_from}
