@@ -57,7 +57,8 @@ def dense_layers(torch, nn):
             for n, d in deltas.items():
                 self.register_buffer(f"d_{n}", d)
             self.names = list(deltas)
-            self.mergers = nn.ParameterDict({n: nn.Parameter(torch.ones(base.in_features)) for n in deltas})
+            self.mergers = nn.ParameterDict({n: nn.Parameter(torch.ones(base.in_features, device=base.weight.device))
+                                             for n in deltas})
 
         def forward(self, x):
             w = self.base.weight + sum(self.mergers[n][None, :] * getattr(self, f"d_{n}") for n in self.names)

@@ -47,7 +47,8 @@ def merged(base_cfg, concepts):
 
 
 def test_loop_lowers_both_reconstructions_and_merger_overlap(merged):
-    """At the paper's lr 0.01 and λ 0.01 (default overlap form: cosine)."""
+    """At the paper's lr 0.01 and λ 0.01 (default overlap form: cosine; default fresh draws, so these figures
+    are on the held-out draws)."""
     first, last = merged.initial, merged.final
     assert last["recon_subject"] < first["recon_subject"]
     assert last["recon_style"] < first["recon_style"]
@@ -57,10 +58,10 @@ def test_loop_lowers_both_reconstructions_and_merger_overlap(merged):
 
 
 def test_learned_mergers_beat_the_direct_merge_on_held_out_draws(base_cfg, concepts, merged):
-    """The in-sample figures above are on the merge's own teacher pool; here 16 fresh (image, noise, t) draws per
-    concept (another seed) that the merge never saw: both reconstructions must still beat the direct merge (ones)."""
+    """16 (image, noise, t) draws per concept from a seed that neither the merge's steps nor its own held-out
+    figures used: both reconstructions must beat the direct merge (mergers all ones)."""
     pipe = load_base_pipeline(base_cfg)
-    cfg, names = MergeConfig(), ["subject", "style"]
+    cfg, names = MergeConfig(teacher_pool=16), ["subject", "style"]
     wrappers = attach_ziplora(pipe.unet, concepts["factors"])
     g = torch.Generator().manual_seed(999)  # the merge drew its pool from seed 0
     pools = [build_teacher_pool(pipe.unet, wrappers, training_scheduler(pipe), n, concepts["inputs"][n], cfg, g)
@@ -95,6 +96,34 @@ def test_gradient_checkpointing_gives_the_same_mergers_and_is_restored(base_cfg,
     ziplora_merge(pipe.unet, concepts["factors"], concepts["inputs"], MergeConfig(steps=1), training_scheduler(pipe),
                   progress=False)
     assert pipe.unet.is_gradient_checkpointing
+
+
+def test_fresh_draws_and_held_out_figures(base_cfg, concepts, merged):
+    """teacher_pool: fresh (the default) draws a new batch every step, so its before/after figures are the
+    held-out ones; a fixed pool reports held-out figures (another seed) that differ from its pool's own."""
+    assert merged.initial == merged.heldout_initial and merged.final == merged.heldout_final
+    pipe = load_base_pipeline(base_cfg)
+    fixed = ziplora_merge(pipe.unet, concepts["factors"], concepts["inputs"], MergeConfig(steps=5, teacher_pool=16),
+                          training_scheduler(pipe), progress=False)
+    assert fixed.heldout_initial.keys() == fixed.initial.keys()
+    assert fixed.heldout_initial["recon_subject"] != pytest.approx(fixed.initial["recon_subject"], rel=1e-3)
+    calls = []
+    import ziplora_pipeline.core.merge as M
+
+    real = M.build_teacher_pool
+    try:
+        M.build_teacher_pool = lambda *a, **k: calls.append(a[3]) or real(*a, **k)
+        fresh = ziplora_merge(pipe.unet, concepts["factors"], concepts["inputs"], MergeConfig(steps=4, teacher_pool="fresh"),
+                              training_scheduler(pipe), progress=False)
+    finally:
+        M.build_teacher_pool = real
+    assert calls == ["subject", "style"] * 5  # the held-out draws, then one fresh draw per concept per step
+    assert len(fresh.history["loss"]) == 4 and fresh.final["recon_subject"] != fresh.initial["recon_subject"]
+
+
+def test_teacher_pool_rejects_a_typo():
+    with pytest.raises(ValueError, match="teacher_pool"):
+        MergeConfig(teacher_pool="frsh")
 
 
 def test_merger_file_keys_are_unet_module_paths(base_cfg, merged, concepts):

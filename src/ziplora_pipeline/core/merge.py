@@ -5,7 +5,10 @@
 Base UNet D and every LoRA L_i are frozen; only the merger vectors train (Adam, lr 0.01, ≤100
 steps in the paper). The targets (D ⊕ L_i)(x_i, p_i) do not depend on the mergers, so each
 concept draws ``teacher_pool`` (image, noise, timestep) samples once, computes their targets
-once, and every step reuses them; all concepts then share one batched forward of the merged UNet.
+once, and every step reuses them (ours); ``teacher_pool: fresh`` draws anew every step as the
+unofficial implementation does (the paper does not say). All concepts share one batched forward of
+the merged UNet. Before/after figures are reported on the pool and on ``heldout_draws`` draws from
+another seed that no step used.
 """
 
 from __future__ import annotations
@@ -38,7 +41,11 @@ class MergeConfig:
     squared_norm: bool = True  # ‖·‖² (mean squared error) or ‖·‖ (root mean square)
     timestep_range: tuple[int, int] = (0, 1000)  # sampled uniformly in [lo, hi)
     batch_size: int = 1  # samples per concept per step
-    teacher_pool: int = 16  # (image, noise, t) draws per concept whose targets are computed once
+    # (image, noise, t) draws per concept whose targets are computed once and reused every step (ours), or
+    # "fresh": a new draw per concept every step, its target computed once (the unofficial implementation's
+    # sampling; the paper does not say); chosen by held-out reconstruction (README).
+    teacher_pool: int | str = "fresh"
+    heldout_draws: int = 16  # draws per concept from another seed: the held-out figures (and "fresh"'s normaliser)
     stop_cosine: float = 0.0  # stop early once mean |cos(m_i, m_j)| falls below this (0 = never)
     seed: int = 0
     subject_scale: float = 1.0  # strength of the subject part in the exported LoRA
@@ -56,7 +63,9 @@ class MergeConfig:
                 f"merge.overlap must be cosine, mean_product or dot, got {self.overlap!r}.")
         lo, hi = self.timestep_range
         require(0 <= lo < hi <= 1000, f"merge.timestep_range must satisfy 0 <= lo < hi <= 1000, got {self.timestep_range}.")
-        require(self.batch_size > 0 and self.teacher_pool > 0, "merge.batch_size and merge.teacher_pool must be > 0.")
+        require(self.teacher_pool == "fresh" or (isinstance(self.teacher_pool, int) and self.teacher_pool > 0),
+                f"merge.teacher_pool must be a number of draws > 0 or 'fresh', got {self.teacher_pool!r}.")
+        require(self.batch_size > 0 and self.heldout_draws > 0, "merge.batch_size and merge.heldout_draws must be > 0.")
         require(len(self.direct_weights) == 2, "merge.direct_weights is [subject_weight, style_weight].")
         require(self.mixed_precision in ("no", "fp16", "bf16"), "merge.mixed_precision must be no, fp16 or bf16.")
 
@@ -78,8 +87,10 @@ class MergeResult:
     history: dict[str, list[float]] = field(default_factory=dict)  # per-step loss terms
     seconds: float = 0.0
     stopped_early: bool = False
-    initial: dict[str, float] = field(default_factory=dict)  # whole-pool terms before step 1
+    initial: dict[str, float] = field(default_factory=dict)  # whole-pool terms before step 1 (the direct merge)
     final: dict[str, float] = field(default_factory=dict)  # whole-pool terms after the last step
+    heldout_initial: dict[str, float] = field(default_factory=dict)  # the same on draws the merge never used
+    heldout_final: dict[str, float] = field(default_factory=dict)
 
 
 def _cond(pools: list[TeacherPool], idx: list[torch.Tensor]) -> tuple:
@@ -96,18 +107,22 @@ _unet = unet_call  # (unet, noisy, t, embeds, pooled, time ids) -> prediction
 
 @torch.no_grad()
 def build_teacher_pool(unet, wrappers: dict[str, ZipLoRALinear], scheduler, name: str, inputs: ConceptInputs,
-                       cfg: MergeConfig, generator: torch.Generator) -> TeacherPool:
-    """Draw ``cfg.teacher_pool`` noisy latents of concept ``name`` and their (D ⊕ L_name) predictions."""
+                       cfg: MergeConfig, generator: torch.Generator, size: int | None = None,
+                       lora_effect: float | None = None) -> TeacherPool:
+    """Draw ``size`` (default ``cfg.teacher_pool``) noisy latents of concept ``name`` and their (D ⊕ L_name)
+    predictions; the LoRA's effect ‖D − (D ⊕ L_name)‖ is measured on them unless ``lora_effect`` is given."""
+    size = size or (cfg.teacher_pool if isinstance(cfg.teacher_pool, int) else cfg.heldout_draws)
     n = inputs.latent_mean.shape[0]
-    idx = torch.randint(0, n, (cfg.teacher_pool,), generator=generator)
+    idx = torch.randint(0, n, (size,), generator=generator)
     latents = inputs.sample_latents(idx, generator)
     noisy, _, t = noisy_batch(scheduler, latents, generator, cfg.timestep_range)
     with set_mergers(wrappers, {name: 1.0}):  # other adapters' mergers 0: exactly D ⊕ L_name
         target = predict_in_chunks(unet, noisy, t, inputs, cfg.batch_size)
-    with set_mergers(wrappers, {}):  # all mergers 0: the base model D alone
-        base = predict_in_chunks(unet, noisy, t, inputs, cfg.batch_size)
-    effect = reconstruction(base, target, cfg.squared_norm).item()
-    return TeacherPool(noisy, t, target, inputs, max(effect, 1e-12))
+    if lora_effect is None:
+        with set_mergers(wrappers, {}):  # all mergers 0: the base model D alone
+            base = predict_in_chunks(unet, noisy, t, inputs, cfg.batch_size)
+        lora_effect = reconstruction(base, target, cfg.squared_norm).item()
+    return TeacherPool(noisy, t, target, inputs, max(lora_effect, 1e-12))
 
 
 @torch.no_grad()
@@ -119,11 +134,11 @@ def pool_terms(unet, wrappers, pools: list[TeacherPool], names: list[str], cfg: 
     terms = {}
     for name, pool in zip(names, pools):
         pred = predict_in_chunks(unet, pool.noisy, pool.timesteps, pool.inputs, cfg.batch_size)
-        total = 0.0
-        for s in range(0, cfg.teacher_pool, cfg.batch_size):  # per-batch terms, as in training, weighted by size
+        total, size = 0.0, pool.noisy.shape[0]
+        for s in range(0, size, cfg.batch_size):  # per-batch terms, as in training, weighted by size
             i = slice(s, s + cfg.batch_size)
             total += reconstruction(pred[i], pool.target[i], cfg.squared_norm).item() / _norm(pool, cfg) * len(pred[i])
-        terms[f"recon_{name}"] = total / cfg.teacher_pool
+        terms[f"recon_{name}"] = total / size
     terms["overlap"] = overlap_penalty(wrappers.values(), cfg.overlap).item()
     terms["mean_abs_cos"] = mean_abs_cosine(wrappers.values())
     return terms
@@ -172,9 +187,11 @@ def ziplora_merge(unet, loras: dict[str, dict[str, LoraFactors]], inputs: dict[s
 
 
 def merge_step(unet, wrappers, pools: list[TeacherPool], names: list[str], cfg: MergeConfig, optimizer,
-               generator: torch.Generator, amp=None, scaler=None) -> dict[str, float]:
-    """One optimiser step of Eq. 3 on a batch drawn from the teacher pools; returns the loss terms."""
-    idx = [torch.randint(0, cfg.teacher_pool, (cfg.batch_size,), generator=generator) for _ in names]
+               generator: torch.Generator, amp=None, scaler=None, whole_pools: bool = False) -> dict[str, float]:
+    """One optimiser step of Eq. 3 on a batch drawn from the teacher pools (``whole_pools``: each pool is the
+    batch, as with fresh draws); returns the loss terms."""
+    idx = ([torch.arange(p.noisy.shape[0]) for p in pools] if whole_pools else
+           [torch.randint(0, p.noisy.shape[0], (cfg.batch_size,), generator=generator) for p in pools])
     with amp or torch.autocast("cpu", enabled=False):
         pred = _unet(unet, *_cond(pools, idx)).split(cfg.batch_size)  # one forward for all concepts
     recon = [reconstruction(pr, p.target[i], cfg.squared_norm) / _norm(p, cfg) for pr, p, i in zip(pred, pools, idx)]
@@ -202,7 +219,15 @@ def _default_scheduler():
 def _optimise(unet, wrappers, names, inputs, cfg, scheduler, on_step, progress) -> MergeResult:
     generator = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    pools = [build_teacher_pool(unet, wrappers, scheduler, n, inputs[n], cfg, generator) for n in names]
+    fresh = cfg.teacher_pool == "fresh"
+    # Held-out draws from another seed, never trained on: the figures that tell whether the mergers generalise
+    # beyond their pool. With fresh draws they also give each LoRA's effect (the normaliser of its term).
+    pools = None if fresh else [build_teacher_pool(unet, wrappers, scheduler, n, inputs[n], cfg, generator)
+                                for n in names]
+    heldout_gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)
+    heldout = [build_teacher_pool(unet, wrappers, scheduler, n, inputs[n], cfg, heldout_gen, cfg.heldout_draws)
+               for n in names]
+    pools = pools or heldout
     params = merger_parameters(wrappers)
     for p in params:
         p.requires_grad_(True)
@@ -216,10 +241,16 @@ def _optimise(unet, wrappers, names, inputs, cfg, scheduler, on_step, progress) 
     # accelerate does for LoRA training. bf16 has fp32's range and needs none.
     scaler = (torch.amp.GradScaler("cuda") if cfg.mixed_precision == "fp16" and device.type == "cuda" else None)
     initial = pool_terms(unet, wrappers, pools, names, cfg)
+    heldout_initial = initial if fresh else pool_terms(unet, wrappers, heldout, names, cfg)
     t0, stopped = time.perf_counter(), False
     bar = tqdm(range(cfg.steps), desc="ZipLoRA merge", leave=False, disable=None if progress else True)  # None: TTY only
     for step in bar:
-        terms = merge_step(unet, wrappers, pools, names, cfg, optimizer, generator, amp, scaler)
+        if fresh:  # a new (image, noise, t) per concept, its target computed once (no_grad, one-hot mergers)
+            batch = [build_teacher_pool(unet, wrappers, scheduler, n, inputs[n], cfg, generator, cfg.batch_size,
+                                        lora_effect=h.lora_effect) for n, h in zip(names, heldout)]
+            terms = merge_step(unet, wrappers, batch, names, cfg, optimizer, generator, amp, scaler, whole_pools=True)
+        else:
+            terms = merge_step(unet, wrappers, pools, names, cfg, optimizer, generator, amp, scaler)
         for k, v in terms.items():
             history[k].append(v)
         cos = terms["mean_abs_cos"]
@@ -233,4 +264,6 @@ def _optimise(unet, wrappers, names, inputs, cfg, scheduler, on_step, progress) 
             break
     seconds = time.perf_counter() - t0
     final = pool_terms(unet, wrappers, pools, names, cfg)
-    return MergeResult(merger_state_dict(wrappers), history, seconds, stopped, initial, final)
+    heldout_final = final if fresh else pool_terms(unet, wrappers, heldout, names, cfg)
+    return MergeResult(merger_state_dict(wrappers), history, seconds, stopped, initial, final, heldout_initial,
+                       heldout_final)

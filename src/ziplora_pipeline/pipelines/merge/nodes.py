@@ -52,7 +52,8 @@ def zip_merge(subject_lora: LoraFile, style_lora: LoraFile, subject_images: dict
     inputs = {"subject": encode_concept(pipe, [subject_images[k] for k in sorted(subject_images)], subject_prompt["prompt"]),
               "style": encode_concept(pipe, [style_images[k] for k in sorted(style_images)], style_prompt["prompt"])}
     # merge.step.*: each optimiser step's batch (one noise draw per concept); merge.pool.*: the whole
-    # teacher pool before and after (the figures the log line below and merge_log.json report).
+    # teacher pool before and after; merge.heldout.*: the same on draws from another seed that no step
+    # used (the figures that say whether the mergers generalise; the log line leads with them).
     log = step_logger("merge.step")
     with measure(pipe.unet.device) as cost:  # peak memory for the evaluation's cost column
         result = ziplora_merge(pipe.unet, loras, inputs, cfg, training_scheduler(pipe), on_step=log)
@@ -60,16 +61,23 @@ def zip_merge(subject_lora: LoraFile, style_lora: LoraFile, subject_images: dict
         merged_factors(loras, result.mergers, {"subject": cfg.subject_scale, "style": cfg.style_scale}),
         description=f"ZipLoRA merge of '{subject_prompt['prompt']}' and '{style_prompt['prompt']}'")
     steps = len(result.history["loss"])
-    step_logger("merge.pool")(steps, **{f"{k}_initial": v for k, v in result.initial.items()},
-                              **{f"{k}_final": v for k, v in result.final.items()})
-    logger.info("ZipLoRA merge: %d steps in %.1f s; recon subject %.4f -> %.4f, style %.4f -> %.4f, "
-                "mean |cos(m_c, m_s)| %.3f -> %.3f", steps, result.seconds,
-                result.initial["recon_subject"], result.final["recon_subject"],
-                result.initial["recon_style"], result.final["recon_style"],
-                result.initial["mean_abs_cos"], result.final["mean_abs_cos"])
+    for name, before, after in (("pool", result.initial, result.final),
+                                ("heldout", result.heldout_initial, result.heldout_final)):
+        step_logger(f"merge.{name}")(steps, **{f"{k}_initial": v for k, v in before.items()},
+                                     **{f"{k}_final": v for k, v in after.items()})
+    h0, h1 = result.heldout_initial, result.heldout_final
+    own = ("" if cfg.teacher_pool == "fresh" else  # fresh draws: no pool of its own, every draw was new
+           " (on its own pool: {:.4f} -> {:.4f}, {:.4f} -> {:.4f})".format(
+               result.initial["recon_subject"], result.final["recon_subject"], result.initial["recon_style"],
+               result.final["recon_style"]))
+    logger.info("ZipLoRA merge: %d steps in %.1f s (teacher_pool %s); held-out recon subject %.4f -> %.4f, "
+                "style %.4f -> %.4f%s; mean |cos(m_c, m_s)| %.3f -> %.3f", steps, result.seconds, cfg.teacher_pool,
+                h0["recon_subject"], h1["recon_subject"], h0["recon_style"], h1["recon_style"], own,
+                h0["mean_abs_cos"], h1["mean_abs_cos"])
     merge_log = {"steps": steps, "seconds": result.seconds, "stopped_early": result.stopped_early,
-                 "initial": result.initial, "final": result.final, "history": result.history,
-                 "subject_scale": cfg.subject_scale, "style_scale": cfg.style_scale,
+                 "teacher_pool": cfg.teacher_pool, "initial": result.initial, "final": result.final,
+                 "heldout_draws": cfg.heldout_draws, "heldout_initial": h0, "heldout_final": h1,
+                 "history": result.history, "subject_scale": cfg.subject_scale, "style_scale": cfg.style_scale,
                  "merged_rank": _ranks(merged), "peak_mb": cost.peak_mb, "memory_kind": cost.memory_kind}
     return merged, to_kohya(merged), result.mergers, merge_log, merge_figure(result.history)
 
