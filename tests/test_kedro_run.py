@@ -209,3 +209,54 @@ def test_a_missing_subject_folder_fails_before_any_stage_saves(fresh_project):
     assert "Running node" not in out
     assert not (fresh_project / "data" / "03_primary").exists()
     assert _mlflow_runs(fresh_project) == 0
+
+
+def test_merge_two_lora_files_the_user_already_has(fresh_project, mini_model_path):
+    """No training: conf/local/catalog.yml points subject_lora_weights / style_lora_weights at the user's files
+    (here one peft/diffusers file and one kohya file with SGM block names, as kohya's SDXL scripts write), and
+    `kedro run --pipelines data_prep,merge` merges them; the merged file holds both LoRAs' layers."""
+    from diffusers import UNet2DConditionModel
+
+    from ziplora_pipeline.core.lora_factors import LoraFactors, unet_lora_factors
+    from ziplora_pipeline.core.lora_io import LoraFile
+    from ziplora_pipeline.core.merge_export import factors_to_lora_file, to_kohya
+    from ziplora_pipeline.datasets.lora_safetensors import read_lora_file
+
+    from .test_merge import _to_sgm
+
+    unet = UNet2DConditionModel.from_pretrained(mini_model_path, subfolder="unet")
+    g = torch.Generator().manual_seed(0)
+    linears = {n: m for n, m in unet.named_modules() if n.endswith(("attn1.to_q", "attn2.to_v"))}
+
+    def random_lora(paths):
+        return factors_to_lora_file({p: LoraFactors(torch.randn(4, linears[p].in_features, generator=g) * 0.1,
+                                                    torch.randn(linears[p].out_features, 4, generator=g) * 0.1, 1.0)
+                                     for p in paths})
+
+    paths = sorted(linears)
+    mine = fresh_project / "my_loras"
+    mine.mkdir()
+    from safetensors.torch import save_file
+
+    dog, style = random_lora(paths[: len(paths) // 2 + 1]), random_lora(paths[len(paths) // 2:])
+    sgm = _to_sgm(to_kohya(style), unet.config.layers_per_block)
+    save_file(dog.state_dict, str(mine / "my_dog.safetensors"), metadata=dog.metadata)
+    save_file(sgm.state_dict, str(mine / "my_style_kohya.safetensors"), metadata=sgm.metadata)
+    (fresh_project / "conf" / "local" / "catalog.yml").write_text(
+        "subject_lora_weights:\n  type: ziplora_pipeline.datasets.LoraSafetensorsDataset\n"
+        "  filepath: my_loras/my_dog.safetensors\n"
+        "style_lora_weights:\n  type: ziplora_pipeline.datasets.LoraSafetensorsDataset\n"
+        "  filepath: my_loras/my_style_kohya.safetensors\n")
+    _kedro(fresh_project, "run", "--pipelines", "data_prep,merge", "--params", "merge.steps=3")
+    out = sorted((fresh_project / "data/06_models/ziplora/ziplora.safetensors").glob("*/ziplora.safetensors"))
+    assert len(out) == 1
+    merged = unet_lora_factors(read_lora_file(str(out[0])), "merged")
+    assert set(merged) == set(paths)  # the union of both files' layers
+    # layer-wise ΔW of the export = Σ_i s_i B_i A_i diag(m_i), with each file parsed from its own format
+    (mergers_file,) = (fresh_project / "data/06_models/ziplora/mergers.safetensors").glob("*/mergers.safetensors")
+    mergers = load_file(str(mergers_file))
+    inputs = {"subject": unet_lora_factors(dog, "dog"), "style": unet_lora_factors(sgm, "style", unet.config)}
+    for path, f in merged.items():
+        want = sum(inputs[n][path].delta() * mergers[f"{path}.{n}"][None, :] for n in inputs if path in inputs[n])
+        assert (f.delta() - want).norm() <= 1e-4 * want.norm(), path
+    assert not (fresh_project / "data/06_models/subject_lora").exists()  # nothing was trained

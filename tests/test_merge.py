@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from PIL import Image
 
 from ziplora_pipeline.core.base_model import load_base_pipeline
 from ziplora_pipeline.core.images import square_resize
-from ziplora_pipeline.core.lora_factors import check_against_unet, unet_lora_factors
+from ziplora_pipeline.core.lora_factors import LoraFactors, check_against_unet, unet_lora_factors
 from ziplora_pipeline.core.lora_io import LoraFile, LoraFormatError
 from ziplora_pipeline.core.lora_training import LoraTrainingConfig, train_lora
 from ziplora_pipeline.core.merge import MergeConfig, build_teacher_pool, pool_terms, ziplora_merge
@@ -184,6 +185,66 @@ def test_kohya_input_parses_to_the_same_factors(concepts):
     assert set(a) == set(b)
     for p in a:
         torch.testing.assert_close(a[p].delta(), b[p].delta(), atol=1e-7, rtol=0)
+
+
+def _to_sgm(kohya: LoraFile, layers_per_block: int) -> LoraFile:
+    """Rename diffusers-style kohya keys to SGM block names, as kohya's SDXL scripts write them
+    (input_blocks_{1 + i(L+1) + j}_1, middle_block_1, output_blocks_{i(L+1) + j}_1 for attentions)."""
+    import re
+
+    step = layers_per_block + 1
+
+    def sgm(key: str) -> str:
+        if m := re.match(r"lora_unet_down_blocks_(\d+)_attentions_(\d+)_(.*)", key):
+            return f"lora_unet_input_blocks_{1 + int(m[1]) * step + int(m[2])}_1_{m[3]}"
+        if m := re.match(r"lora_unet_mid_block_attentions_0_(.*)", key):
+            return f"lora_unet_middle_block_1_{m[1]}"
+        if m := re.match(r"lora_unet_up_blocks_(\d+)_attentions_(\d+)_(.*)", key):
+            return f"lora_unet_output_blocks_{int(m[1]) * step + int(m[2])}_1_{m[3]}"
+        raise AssertionError(key)
+
+    return LoraFile({sgm(k): v for k, v in kohya.state_dict.items()}, kohya.metadata)
+
+
+def test_kohya_sgm_names_parse_to_the_same_layers_with_the_unet_config(base_cfg, concepts):
+    """Kohya SDXL files name blocks the SGM way; with the UNet's config they parse to the same module paths and
+    ΔW as the diffusers file (before: wrong paths, then refused as another model family); without it, a clear error."""
+    from ziplora_pipeline.core.base_model import base_unet_config
+
+    lora = factors_to_lora_file(concepts["factors"]["style"])
+    config = base_unet_config(base_cfg)
+    sgm = _to_sgm(to_kohya(lora), config.layers_per_block)
+    assert any("input_blocks" in k for k in sgm.state_dict) and any("output_blocks" in k for k in sgm.state_dict)
+    a, b = unet_lora_factors(lora, "diffusers"), unet_lora_factors(sgm, "sgm", config)
+    assert set(a) == set(b)
+    for p in a:
+        torch.testing.assert_close(a[p].delta(), b[p].delta(), atol=1e-7, rtol=0)
+    with pytest.raises(LoraFormatError, match="SGM block names.*unet_config"):
+        unet_lora_factors(sgm, "sgm")
+    # community LoRAs also adapt feed-forward and proj_in/proj_out Linear layers: same paths in every format
+    unet = load_base_pipeline(base_cfg).unet
+    g = torch.Generator().manual_seed(0)
+    wide = factors_to_lora_file({n: LoraFactors(torch.randn(2, m.in_features, generator=g),
+                                                torch.randn(m.out_features, 2, generator=g), 1.0)
+                                 for n, m in unet.named_modules() if n.endswith(("ff.net.0.proj", "ff.net.2", "proj_in",
+                                                                                 "proj_out", "attn2.to_k"))})
+    peft, sgm = unet_lora_factors(wide, "peft"), unet_lora_factors(_to_sgm(to_kohya(wide), config.layers_per_block),
+                                                                   "sgm", config)
+    assert set(peft) == set(sgm) and any(p.endswith("ff.net.2") for p in peft) and any("proj_in" in p for p in peft)
+    for p in peft:
+        torch.testing.assert_close(peft[p].delta(), sgm[p].delta(), atol=1e-6, rtol=1e-6)
+    check_against_unet(unet, {"wide": sgm})
+
+
+def test_a_convolution_layer_is_refused_by_name(base_cfg, concepts):
+    """LoCon layers (3×3 or 1×1 convolutions) are never dropped silently: the error names the layer and says why."""
+    unet = load_base_pipeline(base_cfg).unet
+    conv = next(n for n, m in unet.named_modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)
+                and "resnets" in n)
+    factors = dict(concepts["factors"]["style"])
+    factors[conv] = LoraFactors(torch.zeros(2, 8), torch.zeros(8, 2), 1.0)
+    with pytest.raises(LoraFormatError, match=rf"{re.escape(conv)}, a 3×3 convolution.*Linear layers only"):
+        check_against_unet(unet, {"style": factors})
 
 
 # ---- bad inputs -------------------------------------------------------------------------------

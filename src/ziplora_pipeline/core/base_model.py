@@ -161,6 +161,15 @@ def detect_family(source: str, cfg: BaseModelConfig) -> str:
     return family_of(index, unet)
 
 
+def base_unet_config(cfg: BaseModelConfig):
+    """The base model's UNet config (attribute access, like ``unet.config``) without loading any weights."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.configuration_utils import FrozenDict
+
+    return FrozenDict(UNet2DConditionModel.load_config(ensure_base_model(cfg), subfolder="unet", revision=cfg.revision,
+                                                       local_files_only=cfg.local_files_only))
+
+
 def model_family(pipe) -> str:
     """'sdxl' for pipelines with a second text encoder, else 'sd'."""
     return "sdxl" if getattr(pipe, "text_encoder_2", None) is not None else "sd"

@@ -84,11 +84,20 @@ def _from_old_diffusers(state: dict[str, torch.Tensor], alphas: dict[str, float]
             for p, d in parts.items() if {"down", "up"} <= d.keys()}
 
 
-def unet_lora_factors(lora: LoraFile, name: str = "LoRA") -> dict[str, LoraFactors]:
+_SGM = ("input_blocks", "middle_block", "output_blocks")
+
+
+def unet_lora_factors(lora: LoraFile, name: str = "LoRA", unet_config=None) -> dict[str, LoraFactors]:
     """Parse a LoRA file's UNet part; text-encoder parts are dropped with a warning.
 
+    Args:
+        unet_config: the target UNet's config (``unet.config``). Kohya files with SGM block names
+            (``lora_unet_input_blocks_4_1_...``, as kohya's SDXL scripts write) map to diffusers module
+            paths only through its ``layers_per_block``; without it such a file is refused.
+
     Raises:
-        LoraFormatError: the file holds no LoRA tensors (names what it holds), or non-finite values.
+        LoraFormatError: the file holds no LoRA tensors (names what it holds), non-finite values, or SGM
+            names and no ``unet_config``.
     """
     keys = list(lora.state_dict)
     dropped = [k for k in keys if k.startswith(_TEXT_ENCODER)]
@@ -100,8 +109,12 @@ def unet_lora_factors(lora: LoraFile, name: str = "LoRA") -> dict[str, LoraFacto
     else:
         from diffusers import StableDiffusionXLPipeline
 
-        try:  # kohya / SGM / old diffusers names: let diffusers normalise them
-            state, alphas = StableDiffusionXLPipeline.lora_state_dict(dict(lora.state_dict))
+        sgm = [k for k in keys if any(p in k for p in _SGM) and not k.startswith(_TEXT_ENCODER)]
+        if sgm and unet_config is None:
+            raise LoraFormatError(f"{name} uses SGM block names (e.g. {sgm[0]}); they map to UNet layers only with "
+                                  "the UNet's config: call unet_lora_factors(lora, name, unet_config=unet.config).")
+        try:  # kohya / SGM / old diffusers names: let diffusers normalise them (SGM blocks need the UNet config)
+            state, alphas = StableDiffusionXLPipeline.lora_state_dict(dict(lora.state_dict), unet_config=unet_config)
         except Exception as err:  # noqa: BLE001 - diffusers raises assorted errors on foreign files
             raise LoraFormatError(f"{name} is not a LoRA diffusers can read ({err}); keys look like {keys[:3]}.") from err
         factors = _from_old_diffusers(state, alphas)
@@ -139,9 +152,16 @@ def check_against_unet(unet, loras: dict[str, dict[str, LoraFactors]]) -> dict[s
             if layer is None:
                 raise LoraFormatError(f"The {name} LoRA adapts {path}, which this UNet does not have: it was "
                                       "trained on another base model (e.g. SD 1.5 vs SDXL). Use LoRAs trained on this base.")
+            if isinstance(layer, torch.nn.Conv2d):  # LoCon: never dropped silently
+                k = "×".join(map(str, layer.kernel_size))
+                raise LoraFormatError(
+                    f"The {name} LoRA adapts {path}, a {k} convolution (a LoCon/LyCORIS layer). ZipLoRA's per-column "
+                    "mergers are implemented for Linear layers only (attention, feed-forward, proj_in/out); merging "
+                    "convolutions is not supported yet. Use a LoRA without convolution layers, or remove this "
+                    "layer's keys from the file to merge the rest.")
             if not isinstance(layer, torch.nn.Linear):
-                raise LoraFormatError(f"The {name} LoRA adapts {path}, which is not a linear layer of this UNet "
-                                      "(trained on another base model?).")
+                raise LoraFormatError(f"The {name} LoRA adapts {path}, a {type(layer).__name__}, not a Linear layer "
+                                      "of this UNet (trained on another base model?).")
             want = (layer.out_features, layer.in_features)
             if (f.B.shape[0], f.A.shape[1]) != want or f.A.shape[0] != f.B.shape[1]:
                 raise LoraFormatError(

@@ -49,12 +49,13 @@ class MethodBuilder:
         mergers: ZipLoRA merger vectors (merge stage).
         logs: {"ziplora": merge log, "joint": joint training log} (seconds, peak_mb, memory_kind).
         load_unet: returns a fresh UNet on the target device (PEFT merges modify it in place).
+        unet_config: that UNet's config, to parse kohya files with SGM block names (see unet_lora_factors).
     """
 
     def __init__(self, sources: dict[str, LoraFile], mergers: dict, logs: dict[str, dict],
-                 load_unet: Callable[[], object], device="cpu"):
+                 load_unet: Callable[[], object], device="cpu", unet_config=None):
         self.sources, self.mergers, self.logs, self.device = sources, mergers, logs, device
-        self.factors = {n: unet_lora_factors(sources[n], f"{n} LoRA") for n in ("subject", "style")}
+        self.factors = {n: unet_lora_factors(sources[n], f"{n} LoRA", unet_config) for n in ("subject", "style")}
         self._load_unet, self._merger = load_unet, None
 
     def build(self, spec: MethodSpec) -> tuple[LoraFile | None, dict]:

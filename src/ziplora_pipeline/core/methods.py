@@ -123,8 +123,8 @@ class KLoraOptions(KLoraConfig):
 
     @contextmanager
     def applied(self, pipe, name: str, assets: MethodAssets) -> Iterator[None]:
-        klora = KLoRA(unet_lora_factors(assets.subject, "subject LoRA"), unet_lora_factors(assets.style, "style LoRA"),
-                      self)
+        klora = KLoRA(unet_lora_factors(assets.subject, "subject LoRA", pipe.unet.config),
+                      unet_lora_factors(assets.style, "style LoRA", pipe.unet.config), self)
         with klora.attach(pipe.unet, pipe.scheduler.config.num_train_timesteps):
             yield
 

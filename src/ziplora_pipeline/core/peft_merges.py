@@ -53,10 +53,10 @@ class PeftMergeConfig:
         require(self.svd_rank is None or self.svd_rank > 0, "peft svd_rank must be > 0 or null.")
 
 
-def _scale_one(lora: LoraFile, name: str) -> LoraFile:
+def _scale_one(lora: LoraFile, name: str, unet_config=None) -> LoraFile:
     """Any LoRA format -> diffusers format with alpha = rank (scale folded into B), so its config is
     expressible as a plain ``LoraConfig`` (exact module paths as target_modules)."""
-    factors = unet_lora_factors(lora, name)
+    factors = unet_lora_factors(lora, name, unet_config)
     return factors_to_lora_file({p: LoraFactors(f.A, f.B.float() * f.scale, 1.0) for p, f in factors.items()})
 
 
@@ -77,7 +77,8 @@ class PeftMerger:
         from peft.tuners.lora import LoraModel
         from peft.utils import set_peft_model_state_dict
 
-        files = {"subject": _scale_one(subject, "subject LoRA"), "style": _scale_one(style, "style LoRA")}
+        files = {"subject": _scale_one(subject, "subject LoRA", unet.config),
+                 "style": _scale_one(style, "style LoRA", unet.config)}
         self.model = LoraModel(unet, _lora_config(files["subject"]), "subject")
         self.model.peft_config["style"] = _lora_config(files["style"])
         self.model.inject_adapter(unet, "style")

@@ -7,7 +7,7 @@ import time
 
 from PIL import Image
 
-from ...core.base_model import BaseModelConfig, load_base_pipeline, model_family, resolve_device
+from ...core.base_model import BaseModelConfig, base_unet_config, load_base_pipeline, model_family, resolve_device
 from ...core.config_utils import from_dict
 from ...core.contact_sheet import contact_sheet
 from ...core.generation import GenerationConfig, generate, image_name, prompt_token_warnings
@@ -28,7 +28,7 @@ def build_methods(subject_lora: LoraFile, style_lora: LoraFile, joint_lora: Lora
     sources = {"subject": subject_lora, "style": style_lora, "joint": joint_lora, "direct_merge": direct_merge_lora,
                "ziplora": ziplora_lora}
     builder = MethodBuilder(sources, mergers, {"ziplora": merge_log, "joint": joint_training_log},
-                            lambda: load_base_pipeline(base).unet, resolve_device(base.device))
+                            lambda: load_base_pipeline(base).unet, resolve_device(base.device), base_unet_config(base))
     files, costs = {}, {}
     for name, spec in cfg.method_specs().items():
         lora, costs[name] = builder.build(spec)

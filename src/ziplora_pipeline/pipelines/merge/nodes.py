@@ -32,8 +32,8 @@ def _factors(subject_lora: LoraFile, style_lora: LoraFile, pipe) -> dict:
     family = model_family(pipe)
     check_family(subject_lora, family, "subject LoRA")
     check_family(style_lora, family, "style LoRA")
-    loras = {"subject": unet_lora_factors(subject_lora, "subject LoRA"),
-             "style": unet_lora_factors(style_lora, "style LoRA")}
+    loras = {"subject": unet_lora_factors(subject_lora, "subject LoRA", pipe.unet.config),
+             "style": unet_lora_factors(style_lora, "style LoRA", pipe.unet.config)}
     check_against_unet(pipe.unet, loras)
     return loras
 
