@@ -244,6 +244,23 @@ def worker(job: dict) -> dict:
     cfg = {"rank": job["rank"], "merge": MergeConfig(normalize_recon=False, teacher_pool=4, batch_size=job["batch"])}
     sched = _default_scheduler()
     out = {"build_s": time.perf_counter() - t0, "unet_params_m": sum(p.numel() for p in unet.parameters()) / 1e6}
+    if job["mode"] == "precision":  # a short full merge; held-out reconstruction and peak memory (fresh worker)
+        from ziplora_pipeline.core.merge import ziplora_merge
+
+        mcfg = MergeConfig(steps=job["steps"], teacher_pool=4, heldout_draws=8, batch_size=job["batch"],
+                           mixed_precision=job["precision"], gradient_checkpointing=job["ckpt"])
+        base = RssSampler.current() if device.type != "cuda" else torch.cuda.memory_allocated()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter()
+        with RssSampler() as s:
+            result = ziplora_merge(unet, loras, inputs, mcfg, sched, progress=False)
+        h0, h1 = result.heldout_initial, result.heldout_final
+        out.update(seconds=time.perf_counter() - t, heldout_initial=h0["recon_subject"] + h0["recon_style"],
+                   heldout_final=h1["recon_subject"] + h1["recon_style"],
+                   peak_mb=((torch.cuda.max_memory_allocated() - base) if device.type == "cuda" else
+                            (s.peak - base) * 2**20) / 2**20)
+        return out
     if job["mode"] == "mem":
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -294,7 +311,8 @@ def spawn(job: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def measure(name: str, spec: dict, resolution: int, rank: int, repeats: int, steps: int, batch: int) -> dict:
+def measure(name: str, spec: dict, resolution: int, rank: int, repeats: int, steps: int, batch: int,
+            merge_steps: int = 0) -> dict:
     job = {"model": name, "spec": spec, "resolution": resolution, "rank": rank, "repeats": repeats,
            "steps": steps, "batch": batch}
     timing = spawn({**job, "mode": "time"})
@@ -307,6 +325,15 @@ def measure(name: str, spec: dict, resolution: int, rank: int, repeats: int, ste
             logger.warning("%s %s: %d repeat(s) > %.0fx median: stall (another process?)", name, v, stalls, STALL_FACTOR)
         stats[v] = {"median_s": round(med, 5), "min_s": round(min(values), 5), "stalls": stalls}
     loss0 = timing["loss0"]
+    precision = {}
+    if merge_steps:  # fp32 vs bf16 autocast, with and without gradient checkpointing: one fresh worker each
+        for label, prec, ckpt in (("fp32", "no", False), ("bf16", "bf16", False), ("bf16_checkpointing", "bf16", True),
+                                  ("fp32_checkpointing", "no", True)):
+            r = spawn({**job, "mode": "precision", "precision": prec, "ckpt": ckpt, "steps": merge_steps})
+            precision[label] = {k: round(r[k], 4) for k in ("heldout_initial", "heldout_final", "peak_mb", "seconds")}
+            logger.info("%s merge %s: %s", name, label, precision[label])
+        fp32, bf16 = precision["fp32"]["heldout_final"], precision["bf16"]["heldout_final"]
+        precision["bf16_heldout_rel_diff"] = round(abs(bf16 - fp32) / fp32, 4)
     return {
         "speedup_vs_dense": round(stats["dense"]["median_s"] / stats["ours"]["median_s"], 3),
         "peak_mem_saving_vs_dense": round(1 - mem["ours"] / mem["dense"], 3) if mem["dense"] > 0 else None,
@@ -315,6 +342,7 @@ def measure(name: str, spec: dict, resolution: int, rank: int, repeats: int, ste
         "s_per_step": stats, "peak_mb_above_model": {k: round(v, 1) for k, v in mem.items()},
         "unet_params_m": round(timing["unet_params_m"], 1), "rank": rank, "resolution": resolution,
         "batch_per_concept": batch, "device": timing["device"], "repeats": repeats, "steps_per_repeat": steps,
+        **({"merge_precision": {"steps": merge_steps, **precision}} if precision else {}),
     }
 
 
@@ -324,6 +352,7 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="tiny,large")
     p.add_argument("--repeats", type=int)
     p.add_argument("--steps", type=int)
+    p.add_argument("--merge-steps", type=int, help="steps of the fp32/bf16 merges on the large model (0: skip)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
@@ -338,7 +367,9 @@ def main(argv=None) -> int:
         rank = 4 if (name == "tiny" or args.quick) else 64  # large: the paper's rank 64
         repeats = args.repeats or (2 if args.quick else 5)
         steps = args.steps or (2 if args.quick else 3)
-        results[name] = measure(name, spec, resolution, rank, repeats, steps, batch=1)
+        merge_steps = 0 if name != "large" else (args.merge_steps if args.merge_steps is not None else
+                                                 (2 if args.quick else 20))
+        results[name] = measure(name, spec, resolution, rank, repeats, steps, batch=1, merge_steps=merge_steps)
         logger.info("%s: %s", name, json.dumps(results[name]))
     print(json.dumps(results))
     return 0

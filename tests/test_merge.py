@@ -122,6 +122,20 @@ def test_fresh_draws_and_held_out_figures(base_cfg, concepts, merged):
     assert len(fresh.history["loss"]) == 4 and fresh.final["recon_subject"] != fresh.initial["recon_subject"]
 
 
+def test_bf16_merge_runs_on_cpu_and_fp16_is_refused_off_cuda(base_cfg, concepts):
+    """bf16 autocast works on any device and keeps fp32 mergers, close to the fp32 merge after 5 steps; fp16 has no
+    loss scaling off CUDA, so it is refused with a message that says what to use."""
+    pipe = load_base_pipeline(base_cfg)
+    args = (pipe.unet, concepts["factors"], concepts["inputs"])
+    fp32 = ziplora_merge(*args, MergeConfig(steps=5), training_scheduler(pipe), progress=False)
+    bf16 = ziplora_merge(*args, MergeConfig(steps=5, mixed_precision="bf16"), training_scheduler(pipe), progress=False)
+    assert all(m.dtype == torch.float32 for m in bf16.mergers.values())
+    assert bf16.final["recon_style"] == pytest.approx(fp32.final["recon_style"], rel=0.05)
+    assert bf16.history["loss"] != fp32.history["loss"]  # autocast was on
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device.*use bf16"):
+        ziplora_merge(*args, MergeConfig(steps=1, mixed_precision="fp16"), training_scheduler(pipe), progress=False)
+
+
 def test_teacher_pool_rejects_a_typo():
     with pytest.raises(ValueError, match="teacher_pool"):
         MergeConfig(teacher_pool="frsh")

@@ -51,7 +51,7 @@ class MergeConfig:
     subject_scale: float = 1.0  # strength of the subject part in the exported LoRA
     style_scale: float = 1.0  # strength of the style part (paper shows 1.0 / 0.7 / 0.4)
     direct_weights: tuple[float, float] = (1.0, 1.0)  # (subject, style) weights of the direct merge
-    mixed_precision: str = "no"  # no | fp16 | bf16 (autocast on CUDA)
+    mixed_precision: str = "no"  # no | bf16 (autocast, any device) | fp16 (CUDA only, with loss scaling)
     normalize_recon: bool = True  # divide each concept's term by ‖D − (D ⊕ L_i)‖ on its pool (see below)
     gradient_checkpointing: bool = False  # recompute UNet activations in the backward pass (less memory, ~1/3 slower)
 
@@ -235,8 +235,13 @@ def _optimise(unet, wrappers, names, inputs, cfg, scheduler, on_step, progress) 
     history: dict[str, list[float]] = {k: [] for k in ["loss", "recon", "overlap", "mean_abs_cos",
                                                         *[f"recon_{n}" for n in names]]}
     device = next(iter(wrappers.values())).base.weight.device
-    amp = (torch.autocast("cuda", dtype=torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float16)
-           if cfg.mixed_precision != "no" and device.type == "cuda" else torch.autocast("cpu", enabled=False))
+    # bf16 autocast on any device (CPU too: what benchmarks/merge_step.py measures); fp16 only on CUDA, where it
+    # gets loss scaling below; an fp16 request elsewhere is refused rather than silently run in fp32.
+    require(cfg.mixed_precision != "fp16" or device.type == "cuda",
+            f"merge.mixed_precision fp16 needs a CUDA device (got {device.type}); use bf16 or no.")
+    amp = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.mixed_precision == "bf16" else
+           torch.autocast("cuda", dtype=torch.float16) if cfg.mixed_precision == "fp16" else
+           torch.autocast(device.type, enabled=False))
     # fp16 gradients of a loss ~1e-3 underflow (fp16's smallest normal is 6e-5): scale the loss, as
     # accelerate does for LoRA training. bf16 has fp32's range and needs none.
     scaler = (torch.amp.GradScaler("cuda") if cfg.mixed_precision == "fp16" and device.type == "cuda" else None)
