@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # GPU check at real scale: full-size SDXL architecture (random weights, configs in the repo, no
-# download). 20 LoRA training steps at 1024 px, 20 ZipLoRA merge steps (+ the dense-ΔW
-# reference), 10 denoising steps with the exported merged LoRA; s/step and peak GPU memory each.
-#   bash scripts/gpu_check.sh                 # on one GPU, < 8 min on an H100; writes gpu_check.json
+# download), saved once and loaded afresh for each stage. 20 LoRA training steps at 1024 px, 20 ZipLoRA
+# merge steps with and without gradient checkpointing (+ the dense-ΔW reference), 10 denoising steps
+# with the exported merged LoRA; s/step and peak GPU memory each. Needs torch, diffusers, transformers
+# and peft (not Kedro).
+#   bash scripts/gpu_check.sh                 # on one GPU: 133 s on an H100 (README); writes gpu_check.json
 #   bash scripts/gpu_check.sh --small         # CPU-sized variant (miniature model, 64 px)
 set -euo pipefail
 cd "$(dirname "$0")/.."
