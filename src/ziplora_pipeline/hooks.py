@@ -165,10 +165,15 @@ class MemoryHooks:
     collects (no log line: RSS is not a per-node figure).
     """
 
+    @staticmethod
+    def _cuda_torch():
+        """torch, if a node has already put something on a GPU; None otherwise (never imports torch itself)."""
+        torch = sys.modules.get("torch")
+        return torch if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized() else None
+
     @hook_impl
     def before_node_run(self, node) -> None:
-        torch = sys.modules.get("torch")  # never import torch just for this
-        if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        if torch := self._cuda_torch():
             torch.cuda.reset_peak_memory_stats()
 
     @hook_impl
@@ -176,8 +181,8 @@ class MemoryHooks:
         import gc
 
         gc.collect()
-        torch = sys.modules.get("torch")
-        if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        torch = self._cuda_torch()
+        if torch is None:
             return
         peak = torch.cuda.max_memory_allocated() / 2**30
         torch.cuda.empty_cache()

@@ -176,14 +176,17 @@ def ziplora_merge(unet, loras: dict[str, dict[str, LoraFactors]], inputs: dict[s
     # Checkpointing is switched on for the merge only and restored after: a pipeline a LoRA training
     # left it on for would otherwise make gpu_check's merge figure optimistic (issue 9).
     was_checkpointing = bool(getattr(unet, "is_gradient_checkpointing", False))
-    if cfg.gradient_checkpointing != was_checkpointing:
-        unet.enable_gradient_checkpointing() if cfg.gradient_checkpointing else unet.disable_gradient_checkpointing()
+    _set_checkpointing(unet, cfg.gradient_checkpointing)
     try:
         return _optimise(unet, wrappers, list(loras), inputs, cfg, scheduler, on_step, progress)
     finally:
         detach_ziplora(unet, wrappers)
-        if cfg.gradient_checkpointing != was_checkpointing:
-            unet.enable_gradient_checkpointing() if was_checkpointing else unet.disable_gradient_checkpointing()
+        _set_checkpointing(unet, was_checkpointing)
+
+
+def _set_checkpointing(unet, on: bool) -> None:
+    if on != bool(getattr(unet, "is_gradient_checkpointing", False)):
+        unet.enable_gradient_checkpointing() if on else unet.disable_gradient_checkpointing()
 
 
 def merge_step(unet, wrappers, pools: list[TeacherPool], names: list[str], cfg: MergeConfig, optimizer,
@@ -222,12 +225,13 @@ def _optimise(unet, wrappers, names, inputs, cfg, scheduler, on_step, progress) 
     fresh = cfg.teacher_pool == "fresh"
     # Held-out draws from another seed, never trained on: the figures that tell whether the mergers generalise
     # beyond their pool. With fresh draws they also give each LoRA's effect (the normaliser of its term).
-    pools = None if fresh else [build_teacher_pool(unet, wrappers, scheduler, n, inputs[n], cfg, generator)
-                                for n in names]
+    pools = [] if fresh else [build_teacher_pool(unet, wrappers, scheduler, n, inputs[n], cfg, generator)
+                              for n in names]
     heldout_gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)
     heldout = [build_teacher_pool(unet, wrappers, scheduler, n, inputs[n], cfg, heldout_gen, cfg.heldout_draws)
                for n in names]
-    pools = pools or heldout
+    if fresh:  # no pool of its own: its before/after figures are the held-out ones
+        pools = heldout
     params = merger_parameters(wrappers)
     for p in params:
         p.requires_grad_(True)
@@ -244,7 +248,7 @@ def _optimise(unet, wrappers, names, inputs, cfg, scheduler, on_step, progress) 
            torch.autocast(device.type, enabled=False))
     # fp16 gradients of a loss ~1e-3 underflow (fp16's smallest normal is 6e-5): scale the loss, as
     # accelerate does for LoRA training. bf16 has fp32's range and needs none.
-    scaler = (torch.amp.GradScaler("cuda") if cfg.mixed_precision == "fp16" and device.type == "cuda" else None)
+    scaler = torch.amp.GradScaler("cuda") if cfg.mixed_precision == "fp16" else None  # fp16 is CUDA-only (above)
     initial = pool_terms(unet, wrappers, pools, names, cfg)
     heldout_initial = initial if fresh else pool_terms(unet, wrappers, heldout, names, cfg)
     t0, stopped = time.perf_counter(), False

@@ -8,8 +8,11 @@ Held out of pretraining (so later checks test generalisation, not recall):
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import multiprocessing
 import random
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,19 +73,15 @@ def render_pool(cfg: PoolConfig) -> tuple[torch.Tensor, list[str]]:
     scenes = [pretraining_scene(rng, heldout) for _ in range(cfg.size)]  # the only random draws: in order
     captions = [caption(scene) for scene in scenes]
     images = np.empty((cfg.size, cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
-    if cfg.workers > 1:  # render() is a pure function of the scene (4.4 ms each): 24k take ~2 min on one core
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        # fork: the workers only draw with PIL (no torch threads used), and unlike spawn/forkserver (the
-        # default from Python 3.14) nothing re-imports the caller's __main__ (kedro's CLI, a script).
-        with ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            drawn = pool.map(_render_array, scenes, [cfg.image_size] * cfg.size, chunksize=256)
-            for i, img in enumerate(tqdm(drawn, total=cfg.size, desc="render pool", mininterval=5)):
-                images[i] = img
-    else:
-        for i, scene in enumerate(tqdm(scenes, desc="render pool", mininterval=5)):
-            images[i] = _render_array(scene, cfg.image_size)
+    sizes = [cfg.image_size] * cfg.size
+    # render() is a pure function of the scene (4.4 ms each, 24k take ~2 min on one core), so the workers
+    # can draw in any order. fork: they only draw with PIL, and unlike spawn/forkserver (the default from
+    # Python 3.14) nothing re-imports the caller's __main__ (kedro's CLI, a script).
+    with (ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("fork")) if cfg.workers > 1
+          else contextlib.nullcontext()) as pool:
+        drawn = pool.map(_render_array, scenes, sizes, chunksize=256) if pool else map(_render_array, scenes, sizes)
+        for i, img in enumerate(tqdm(drawn, total=cfg.size, desc="render pool", mininterval=5)):
+            images[i] = img
     logger.info("Rendered %d toy-world images at %d px (%d held-out combinations excluded)", cfg.size,
                 cfg.image_size, len(heldout))
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), captions
