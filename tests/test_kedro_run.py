@@ -213,12 +213,12 @@ def test_a_missing_subject_folder_fails_before_any_stage_saves(fresh_project):
 
 def test_merge_two_lora_files_the_user_already_has(fresh_project, mini_model_path):
     """No training: conf/local/catalog.yml points subject_lora_weights / style_lora_weights at the user's files
-    (here one peft/diffusers file and one kohya file with SGM block names, as kohya's SDXL scripts write), and
-    `kedro run --pipelines data_prep,merge` merges them; the merged file holds both LoRAs' layers."""
+    (here one peft/diffusers file and one kohya file with SGM block names, as kohya's SDXL scripts write, both with
+    a 1×1 convolution and text-encoder parts), and `kedro run --pipelines data_prep,merge` merges them; the merged
+    file holds both LoRAs' layers: the UNet's merged per column, the text encoders' combined directly."""
     from diffusers import UNet2DConditionModel
 
-    from ziplora_pipeline.core.lora_factors import LoraFactors, unet_lora_factors
-    from ziplora_pipeline.core.lora_io import LoraFile
+    from ziplora_pipeline.core.lora_factors import LoraFactors, text_encoder_lora_factors, unet_lora_factors
     from ziplora_pipeline.core.merge_export import factors_to_lora_file, to_kohya
     from ziplora_pipeline.datasets.lora_safetensors import read_lora_file
 
@@ -226,19 +226,24 @@ def test_merge_two_lora_files_the_user_already_has(fresh_project, mini_model_pat
 
     unet = UNet2DConditionModel.from_pretrained(mini_model_path, subfolder="unet")
     g = torch.Generator().manual_seed(0)
-    linears = {n: m for n, m in unet.named_modules() if n.endswith(("attn1.to_q", "attn2.to_v"))}
+    layers = {n: m for n, m in unet.named_modules() if n.endswith(("attn1.to_q", "attn2.to_v", "resnets.0.conv_shortcut"))}
+    width = 32  # the miniature's text encoders' hidden size (q_proj is width x width)
 
-    def random_lora(paths):
-        return factors_to_lora_file({p: LoraFactors(torch.randn(4, linears[p].in_features, generator=g) * 0.1,
-                                                    torch.randn(linears[p].out_features, 4, generator=g) * 0.1, 1.0)
-                                     for p in paths})
+    def random_lora(paths, te_layer):
+        factors = {p: LoraFactors(torch.randn(4, layers[p].weight.shape[1], generator=g) * 0.1,
+                                  torch.randn(layers[p].weight.shape[0], 4, generator=g) * 0.1, 1.0,
+                                  isinstance(layers[p], torch.nn.Conv2d)) for p in paths}
+        te = {te_layer: LoraFactors(torch.randn(2, width, generator=g), torch.randn(width, 2, generator=g), 1.0)}
+        return factors_to_lora_file(factors, text_encoders={"text_encoder": te})
 
-    paths = sorted(linears)
+    paths = sorted(layers)
+    assert any("conv_shortcut" in p for p in paths)
     mine = fresh_project / "my_loras"
     mine.mkdir()
     from safetensors.torch import save_file
 
-    dog, style = random_lora(paths[: len(paths) // 2 + 1]), random_lora(paths[len(paths) // 2:])
+    q0 = "text_model.encoder.layers.0.self_attn.q_proj"
+    dog, style = random_lora(paths[: len(paths) // 2 + 1], q0), random_lora(paths[len(paths) // 2:], q0)
     sgm = _to_sgm(to_kohya(style), unet.config.layers_per_block)
     save_file(dog.state_dict, str(mine / "my_dog.safetensors"), metadata=dog.metadata)
     save_file(sgm.state_dict, str(mine / "my_style_kohya.safetensors"), metadata=sgm.metadata)
@@ -247,10 +252,12 @@ def test_merge_two_lora_files_the_user_already_has(fresh_project, mini_model_pat
         "  filepath: my_loras/my_dog.safetensors\n"
         "style_lora_weights:\n  type: ziplora_pipeline.datasets.LoraSafetensorsDataset\n"
         "  filepath: my_loras/my_style_kohya.safetensors\n")
-    _kedro(fresh_project, "run", "--pipelines", "data_prep,merge", "--params", "merge.steps=3")
+    proc = _kedro(fresh_project, "run", "--pipelines", "data_prep,merge", "--params", "merge.steps=3")
+    assert "text_encoder LoRA layers (from subject and style) are combined directly" in proc.stdout + proc.stderr
     out = sorted((fresh_project / "data/06_models/ziplora/ziplora.safetensors").glob("*/ziplora.safetensors"))
     assert len(out) == 1
-    merged = unet_lora_factors(read_lora_file(str(out[0])), "merged")
+    merged_file = read_lora_file(str(out[0]))
+    merged = unet_lora_factors(merged_file, "merged")
     assert set(merged) == set(paths)  # the union of both files' layers
     # layer-wise ΔW of the export = Σ_i s_i B_i A_i diag(m_i), with each file parsed from its own format
     (mergers_file,) = (fresh_project / "data/06_models/ziplora/mergers.safetensors").glob("*/mergers.safetensors")
@@ -259,4 +266,7 @@ def test_merge_two_lora_files_the_user_already_has(fresh_project, mini_model_pat
     for path, f in merged.items():
         want = sum(inputs[n][path].delta() * mergers[f"{path}.{n}"][None, :] for n in inputs if path in inputs[n])
         assert (f.delta() - want).norm() <= 1e-4 * want.norm(), path
+    te = text_encoder_lora_factors(merged_file, "merged")["text_encoder"][q0].delta()
+    want = sum(text_encoder_lora_factors(f, n)["text_encoder"][q0].delta() for n, f in (("dog", dog), ("style", sgm)))
+    assert (te - want).norm() <= 1e-4 * want.norm()
     assert not (fresh_project / "data/06_models/subject_lora").exists()  # nothing was trained

@@ -203,18 +203,25 @@ def test_kohya_input_parses_to_the_same_factors(concepts):
 
 def _to_sgm(kohya: LoraFile, layers_per_block: int) -> LoraFile:
     """Rename diffusers-style kohya keys to SGM block names, as kohya's SDXL scripts write them
-    (input_blocks_{1 + i(L+1) + j}_1, middle_block_1, output_blocks_{i(L+1) + j}_1 for attentions)."""
+    (input_blocks_{1 + i(L+1) + j}_1, middle_block_1, output_blocks_{i(L+1) + j}_1 for attentions, _0_skip_connection
+    for resnet shortcuts)."""
     import re
 
     step = layers_per_block + 1
 
     def sgm(key: str) -> str:
+        if key.startswith("lora_te"):  # text-encoder keys are the same in both schemes
+            return key
         if m := re.match(r"lora_unet_down_blocks_(\d+)_attentions_(\d+)_(.*)", key):
             return f"lora_unet_input_blocks_{1 + int(m[1]) * step + int(m[2])}_1_{m[3]}"
+        if m := re.match(r"lora_unet_down_blocks_(\d+)_resnets_(\d+)_conv_shortcut(.*)", key):
+            return f"lora_unet_input_blocks_{1 + int(m[1]) * step + int(m[2])}_0_skip_connection{m[3]}"
         if m := re.match(r"lora_unet_mid_block_attentions_0_(.*)", key):
             return f"lora_unet_middle_block_1_{m[1]}"
         if m := re.match(r"lora_unet_up_blocks_(\d+)_attentions_(\d+)_(.*)", key):
             return f"lora_unet_output_blocks_{int(m[1]) * step + int(m[2])}_1_{m[3]}"
+        if m := re.match(r"lora_unet_up_blocks_(\d+)_resnets_(\d+)_conv_shortcut(.*)", key):
+            return f"lora_unet_output_blocks_{int(m[1]) * step + int(m[2])}_0_skip_connection{m[3]}"
         raise AssertionError(key)
 
     return LoraFile({sgm(k): v for k, v in kohya.state_dict.items()}, kohya.metadata)
@@ -250,15 +257,124 @@ def test_kohya_sgm_names_parse_to_the_same_layers_with_the_unet_config(base_cfg,
     check_against_unet(unet, {"wide": sgm})
 
 
-def test_a_convolution_layer_is_refused_by_name(base_cfg, concepts):
-    """LoCon layers (3×3 or 1×1 convolutions) are never dropped silently: the error names the layer and says why."""
+def test_a_3x3_convolution_layer_is_refused_by_name(base_cfg, concepts):
+    """LoCon layers (3×3 convolutions) are never dropped silently: the error names the layer and says why, both
+    for a file whose kernels say so and for factors aimed at such a layer."""
     unet = load_base_pipeline(base_cfg).unet
     conv = next(n for n, m in unet.named_modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)
                 and "resnets" in n)
     factors = dict(concepts["factors"]["style"])
     factors[conv] = LoraFactors(torch.zeros(2, 8), torch.zeros(8, 2), 1.0)
-    with pytest.raises(LoraFormatError, match=rf"{re.escape(conv)}, a 3×3 convolution.*Linear layers only"):
+    with pytest.raises(LoraFormatError, match=rf"{re.escape(conv)}, a 3×3 convolution.*1×1 convolutions"):
         check_against_unet(unet, {"style": factors})
+    kohya = dict(to_kohya(concepts["files"]["style"]).state_dict)
+    name = "lora_unet_" + conv.replace(".", "_")
+    kohya |= {f"{name}.lora_down.weight": torch.zeros(2, 32, 3, 3), f"{name}.lora_up.weight": torch.zeros(32, 2, 1, 1),
+              f"{name}.alpha": torch.tensor(2.0)}
+    with pytest.raises(LoraFormatError, match="3×3 convolution kernel.*LoCon"):
+        unet_lora_factors(LoraFile(kohya), "style")
+
+
+def _delta(layer, adapter: str) -> torch.Tensor:
+    """A peft layer's ΔW for ``adapter`` as diffusers loaded it, (out, in) (a 1×1 conv's kernel flattened)."""
+    d = layer.get_delta_weight(adapter)
+    return d.reshape(d.shape[0], -1).float()
+
+
+def test_foreign_files_with_text_encoder_and_1x1_conv_parts_merge_and_load_in_plain_diffusers(base_cfg, tmp_path):
+    """Community LoRAs adapt 1×1 convolutions (resnet shortcuts) and the text encoders too. Each format (peft/diffusers
+    file, kohya with diffusers-style names and alpha != rank, kohya with SGM names) parses to the same layers; a
+    merge of two such files exported and loaded by plain ``load_lora_weights`` has, layer by layer, ΔW = Σ m_i ⊗ ΔW_i
+    on the UNet (conv included, per input channel) and ΔW = Σ c_i ΔW_i on the text encoders (combined directly)."""
+    from safetensors.torch import save_file
+
+    from ziplora_pipeline.core.base_model import base_unet_config
+    from ziplora_pipeline.core.lora_factors import text_encoder_lora_factors
+    from ziplora_pipeline.core.merge_export import combined_text_encoders
+
+    pipe = load_base_pipeline(base_cfg)
+    config = base_unet_config(base_cfg)
+    g = torch.Generator().manual_seed(0)
+    rand = lambda out, inp, r=3: LoraFactors(torch.randn(r, inp, generator=g) * 0.2,  # noqa: E731
+                                             torch.randn(out, r, generator=g) * 0.2, 1.0)
+    unet_layers = {n: m for n, m in pipe.unet.named_modules() if n.endswith(("attn1.to_q", "conv_shortcut", "ff.net.2"))}
+    convs = [n for n, m in unet_layers.items() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(unet_layers[c].kernel_size == (1, 1) for c in convs)
+
+    def te_part(te):
+        layers = {("text_model." + n if not n.startswith(("text_model", "text_projection")) else n): m
+                  for n, m in te.named_modules() if n.endswith(("q_proj", "fc1", "text_projection"))}
+        return {n: rand(m.out_features, m.in_features) for n, m in layers.items()}
+
+    def lora(seed_shift: int):
+        unet = {n: rand(m.weight.shape[0], m.weight.shape[1]) for n, m in unet_layers.items()}
+        for c in convs:
+            unet[c].conv = True
+        tes = {"text_encoder": te_part(pipe.text_encoder), "text_encoder_2": te_part(pipe.text_encoder_2)}
+        return unet, tes, factors_to_lora_file(unet, text_encoders=tes)
+
+    (u_sub, te_sub, peft_file), (u_sty, te_sty, sty_file) = lora(0), lora(1)
+    kohya = dict(to_kohya(sty_file).state_dict)
+    assert any(k.startswith("lora_te2_") for k in kohya) and any(k.startswith("lora_te1_") for k in kohya)
+    assert any(v.dim() == 4 for k, v in kohya.items() if "conv_shortcut" in k)
+    for k in [k for k in kohya if k.endswith(".alpha")]:  # alpha = r/2 everywhere, B doubled: the same ΔW
+        kohya[k] = kohya[k] / 2
+        kohya[k.replace(".alpha", ".lora_up.weight")] = kohya[k.replace(".alpha", ".lora_up.weight")] * 2
+    kohya = LoraFile(kohya)
+    sgm = _to_sgm(kohya, config.layers_per_block)
+    for name, f in (("peft", peft_file), ("kohya", kohya), ("sgm", sgm)):
+        want_u, want_te = (u_sub, te_sub) if name == "peft" else (u_sty, te_sty)
+        got_u, got_te = unet_lora_factors(f, name, config), text_encoder_lora_factors(f, name)
+        assert set(got_u) == set(want_u) and {p for p, x in got_u.items() if x.conv} == set(convs), name
+        assert {te: set(p) for te, p in got_te.items()} == {te: set(p) for te, p in want_te.items()}, name
+        for p in want_u:
+            torch.testing.assert_close(got_u[p].delta(), want_u[p].delta(), atol=1e-6, rtol=1e-5, msg=f"{name} {p}")
+        for te in want_te:
+            for p in want_te[te]:
+                torch.testing.assert_close(got_te[te][p].delta(), want_te[te][p].delta(), atol=1e-6, rtol=1e-5)
+
+    # merge the peft file with the SGM kohya file: random mergers stand in for learned ones
+    files = {"subject": peft_file, "style": sgm}
+    loras = {"subject": unet_lora_factors(peft_file, "subject"), "style": unet_lora_factors(sgm, "style", config)}
+    check_against_unet(pipe.unet, loras)
+    wrappers = attach_ziplora(pipe.unet, loras)
+    with torch.no_grad():
+        for w in wrappers.values():
+            for m in w.mergers.values():
+                m.uniform_(0, 1, generator=g)
+    x = torch.randn(1, unet_layers[convs[0]].in_channels, 4, 4, generator=g)
+    with torch.no_grad():  # the wrapped 1×1 conv computes W0 x + Σ_i s_i B_i A_i (m_i ⊙ x) per pixel
+        want = wrappers[convs[0]].base(x) + sum(
+            torch.einsum("oi,nihw->nohw", loras[n][convs[0]].delta() * wrappers[convs[0]].mergers[n][None, :], x)
+            for n in loras)
+        torch.testing.assert_close(wrappers[convs[0]](x), want, atol=1e-5, rtol=1e-5)
+    mergers = {f"{p}.{n}": m.detach().clone() for p, w in wrappers.items() for n, m in w.mergers.items()}
+    detach_ziplora(pipe.unet, wrappers)
+    strengths = {"subject": 1.0, "style": 0.8}
+    merged = factors_to_lora_file(merged_factors(loras, mergers, strengths),
+                                  text_encoders=combined_text_encoders(files, strengths, "test"))
+    path = tmp_path / "merged.safetensors"
+    save_file(merged.state_dict, str(path), metadata=merged.metadata)
+
+    plain = load_base_pipeline(base_cfg)
+    plain.load_lora_weights(str(path), adapter_name="zip")
+    modules = dict(plain.unet.named_modules())
+    for p in unet_layers:
+        want = sum(strengths[n] * loras[n][p].delta() * mergers[f"{p}.{n}"][None, :] for n in loras)
+        got = _delta(modules[p], "zip")
+        assert (got - want).norm() <= 1e-4 * want.norm(), p
+    te_parts = {n: text_encoder_lora_factors(f, n) for n, f in files.items()}
+    for te in ("text_encoder", "text_encoder_2"):
+        modules = dict(getattr(plain, te).named_modules())
+        for p in te_sub[te]:
+            want = sum(strengths[n] * te_parts[n][te][p].delta() for n in files)
+            got = _delta(modules.get(p) or modules[p.removeprefix("text_model.")], "zip")
+            assert (got - want).norm() <= 1e-4 * want.norm(), (te, p)
+    # the kohya copy of the merge carries the same layers
+    again = to_kohya(merged)
+    assert set(unet_lora_factors(again, "again")) == set(unet_layers)
+    assert {te: set(p) for te, p in text_encoder_lora_factors(again, "again").items()} == \
+        {te: set(p) for te, p in te_sub.items()}
 
 
 # ---- bad inputs -------------------------------------------------------------------------------
@@ -291,14 +407,16 @@ def test_lora_for_no_layer_of_this_unet(base_cfg, concepts):
         check_against_unet(load_base_pipeline(base_cfg).unet, {"style": {"mid_block.foo.to_q": f}})
 
 
-def test_text_encoder_part_is_dropped_with_warning(concepts, caplog):
+def test_text_encoder_parts_in_an_unknown_layout_are_named_in_a_warning(concepts, caplog):
     lora = concepts["files"]["style"]
-    state = {**lora.state_dict, "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(2, 32),
-             "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_B.weight": torch.zeros(32, 2)}
+    state = {**lora.state_dict, "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.hada_w1_a": torch.zeros(2, 32)}
     with caplog.at_level(logging.WARNING):
         factors = unet_lora_factors(LoraFile(state, lora.metadata), "style")
+        from ziplora_pipeline.core.lora_factors import text_encoder_lora_factors
+
+        assert text_encoder_lora_factors(LoraFile(state, lora.metadata), "style") == {}
     assert set(factors) == set(concepts["factors"]["style"])
-    assert "text-encoder" in caplog.text
+    assert "1 text-encoder tensors are in no format" in caplog.text and "hada_w1_a" in caplog.text
 
 
 def test_merge_config_rejects_bad_values():

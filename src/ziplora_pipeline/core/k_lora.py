@@ -30,11 +30,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .config_utils import require
-from .lora_factors import LoraFactors
+from .lora_factors import LoraFactors, low_rank_branch
 
 
 @dataclass(frozen=True)
@@ -101,7 +100,7 @@ class DenoisingClock:
 
 
 class KLoRALinear(nn.Module):
-    """A frozen linear layer plus a subject and a style LoRA, one of them applied per sample."""
+    """A frozen linear layer (or 1×1 conv) plus a subject and a style LoRA, one of them applied per sample."""
 
     def __init__(self, base: nn.Linear, subject: LoraFactors, style: LoraFactors, scores: tuple[float, float],
                  cfg: KLoraConfig, gamma: float, clock: DenoisingClock):
@@ -113,7 +112,7 @@ class KLoRALinear(nn.Module):
             self.register_buffer(f"B_{name}", (f.B.float() * f.scale).to(device, dtype), persistent=False)  # (out, r)
 
     def _lora(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(F.linear(x, getattr(self, f"A_{name}")), getattr(self, f"B_{name}"))  # (..., out)
+        return low_rank_branch(self.base, x, getattr(self, f"A_{name}"), getattr(self, f"B_{name}"))  # (..., out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (B, ..., in) -> (B, ..., out)
         pick = use_subject(*self.scores, self.clock.for_batch(x.shape[0]).to(x.device), self.cfg, self.gamma)
@@ -131,7 +130,7 @@ class SingleLoRALinear(nn.Module):
         self.register_buffer("B", (f.B.float() * f.scale).to(base.weight.device, base.weight.dtype), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + F.linear(F.linear(x, self.A), self.B)
+        return self.base(x) + low_rank_branch(self.base, x, self.A, self.B)
 
 
 class KLoRA:

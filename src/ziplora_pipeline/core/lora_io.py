@@ -89,10 +89,11 @@ def check_family(lora: LoraFile, family: str, name: str) -> None:
 
 
 def load_lora_file(pipe, lora: LoraFile, adapter_name: str) -> None:
-    """Load ``lora`` into ``pipe.unet`` as ``adapter_name`` with its stored config (alpha kept).
+    """Load ``lora`` into ``pipe.unet`` (and its text-encoder parts, if any) as ``adapter_name`` (alpha kept).
 
     ``load_lora_weights`` only reads the alpha metadata from a file path, not from a dict, so
-    in-memory values go through ``load_lora_into_unet`` with the metadata passed explicitly.
+    in-memory values go through ``load_lora_into_unet`` / ``load_lora_into_text_encoder`` with the
+    metadata passed explicitly.
     """
     config = lora.adapter_config()
     metadata = {f"{UNET_PREFIX}.{k}": v for k, v in config.items()} if config else None
@@ -100,3 +101,12 @@ def load_lora_file(pipe, lora: LoraFile, adapter_name: str) -> None:
         dict(lora.state_dict), network_alphas=None, unet=pipe.unet, adapter_name=adapter_name,
         _pipeline=pipe, metadata=metadata,
     )
+    for prefix in ("text_encoder", "text_encoder_2"):
+        part = {k: v for k, v in lora.state_dict.items() if k.startswith(f"{prefix}.")}
+        if not part or getattr(pipe, prefix, None) is None:
+            continue
+        config = lora.adapter_config(prefix)  # none in our exports: diffusers then uses alpha = rank (scale 1)
+        type(pipe).load_lora_into_text_encoder(
+            part, network_alphas=None, text_encoder=getattr(pipe, prefix), prefix=prefix, adapter_name=adapter_name,
+            _pipeline=pipe, metadata={f"{prefix}.{k}": v for k, v in config.items()} if config else None,
+        )

@@ -71,7 +71,7 @@ def dense_delta_applied(unet, factors: dict[str, LoraFactors], fraction: float =
             # W + ΔW summed in fp32 and rounded once to the UNet's dtype (adding a bf16-cast ΔW rounded twice and
             # dropped small entries); entries below half an ulp of W still vanish in a bf16 UNet.
             delta = prune_smallest(f.delta().float(), fraction).to(w.device)
-            w.copy_((w.float() + delta).to(w.dtype))
+            w.copy_((w.float() + delta.reshape(w.shape)).to(w.dtype))  # a 1×1 conv's (out, in, 1, 1) kernel
     try:
         yield unet
     finally:

@@ -5,16 +5,25 @@ A_m = [A_1 diag(m_1); …; A_k diag(m_k)]  (Σr_i, in),   B_m = [c_1 s_1 B_1 | �
 with c_i the user's strength for LoRA i (paper §5: "controlling the extent of stylization").
 Scales are folded into B, so the file says alpha = rank (scale 1) for every layer; per-layer
 ranks that differ from the most common one go to peft's ``rank_pattern``/``alpha_pattern``.
+
+Text-encoder parts (community LoRAs often have them; ours never do) are not merged with learned
+mergers: ZipLoRA's objective (Eq. 3) is on the UNet's output, and the text encoders' LoRAs only
+reach it through the prompt embedding. They are combined directly (Σ_i c_i s_i B_i A_i, the same
+factor concatenation with m = 1), with a logged warning. Ours, not the paper's (it trains none).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from collections import Counter
 
 import torch
 
-from .lora_factors import LoraFactors
-from .lora_io import LoraFile, pack_lora_file
+from .lora_factors import LoraFactors, text_encoder_lora_factors
+from .lora_io import LORA_ADAPTER_METADATA_KEY, LoraFile, pack_lora_file
+
+logger = logging.getLogger(__name__)
 
 
 def merged_factors(loras: dict[str, dict[str, LoraFactors]], mergers: dict[str, torch.Tensor] | None = None,
@@ -39,25 +48,60 @@ def merged_factors(loras: dict[str, dict[str, LoraFactors]], mergers: dict[str, 
             A = f.A.to(dtype) if m is None else f.A.to(dtype) * m.to(f.A.device, dtype)  # A diag(m): scales columns
             As.append(A)
             Bs.append(f.B.to(dtype) * (f.scale * strengths.get(name, 1.0)))
-        out[path] = LoraFactors(torch.cat(As, 0), torch.cat(Bs, 1), 1.0)
+        conv = any(factors[path].conv for factors in loras.values() if path in factors)
+        out[path] = LoraFactors(torch.cat(As, 0), torch.cat(Bs, 1), 1.0, conv)
     return out
 
 
-def factors_to_lora_file(factors: dict[str, LoraFactors], description: str = "") -> LoraFile:
-    """Scale-1 factors -> diffusers-format ``LoraFile`` that ``load_lora_weights`` reads."""
-    ranks = {p: f.rank for p, f in factors.items()}
+def combined_text_encoders(files: dict[str, LoraFile], strengths: dict[str, float] | None = None,
+                           what: str = "merge") -> dict[str, dict[str, LoraFactors]]:
+    """The text-encoder parts of ``files`` combined directly: {"text_encoder" | "text_encoder_2": scale-1 factors}.
+
+    Logs a warning when there is anything to combine (the UNet part is what the merge learns mergers for).
+    """
+    parts = {n: text_encoder_lora_factors(f, f"{n} LoRA") for n, f in files.items()}
+    out = {}
+    for te in sorted({te for p in parts.values() for te in p}):
+        out[te] = merged_factors({n: p[te] for n, p in parts.items() if te in p}, None, strengths)
+        logger.warning("%s: %d %s LoRA layers (from %s) are combined directly (ΔW = Σ strength·ΔW_i), not merged "
+                       "with mergers: ZipLoRA's mergers are learned for the UNet only.", what, len(out[te]), te,
+                       " and ".join(n for n, p in parts.items() if te in p))
+    return out
+
+
+def _scale_one_config(ranks: dict[str, int]) -> dict:
+    """peft ``LoraConfig`` dict for scale-1 factors of these per-layer ranks (alpha = rank everywhere)."""
     r = Counter(ranks.values()).most_common(1)[0][0]
     pattern = {p: k for p, k in ranks.items() if k != r}
-    config = {
-        "r": r, "lora_alpha": r, "rank_pattern": pattern, "alpha_pattern": dict(pattern),
-        "target_modules": sorted(factors), "lora_dropout": 0.0, "bias": "none", "use_dora": False,
-        "use_rslora": False, "init_lora_weights": True, "peft_type": "LORA",
-    }
+    return {"r": r, "lora_alpha": r, "rank_pattern": pattern, "alpha_pattern": dict(pattern),
+            "target_modules": sorted(ranks), "lora_dropout": 0.0, "bias": "none", "use_dora": False,
+            "use_rslora": False, "init_lora_weights": True, "peft_type": "LORA"}
+
+
+def factors_to_lora_file(factors: dict[str, LoraFactors], description: str = "",
+                         text_encoders: dict[str, dict[str, LoraFactors]] | None = None) -> LoraFile:
+    """Scale-1 factors -> diffusers-format ``LoraFile`` that ``load_lora_weights`` reads.
+
+    Args:
+        text_encoders: optional scale-1 text-encoder parts ({"text_encoder": {path: factors}}, hub paths), written
+            as ``text_encoder.<path>.lora_A.weight`` with their own config. Its ``target_modules`` drop the
+            ``text_model.`` head: peft matches them as suffixes, so they fit transformers 4's CLIP module names
+            (``text_model.encoder...``) and transformers 5's CLIPTextModel (``encoder...``) alike.
+    """
     state = {}
     for p, f in factors.items():
-        state[f"{p}.lora_A.weight"] = f.A.contiguous()
-        state[f"{p}.lora_B.weight"] = f.B.contiguous()
-    lora = pack_lora_file(state, config)
+        A, B = (f.A[:, :, None, None], f.B[:, :, None, None]) if f.conv else (f.A, f.B)  # peft's Conv2d LoRA kernels
+        state[f"{p}.lora_A.weight"] = A.contiguous()
+        state[f"{p}.lora_B.weight"] = B.contiguous()
+    lora = pack_lora_file(state, _scale_one_config({p: f.rank for p, f in factors.items()}))
+    packed = json.loads(lora.metadata[LORA_ADAPTER_METADATA_KEY])
+    for te, te_factors in (text_encoders or {}).items():
+        for p, f in te_factors.items():
+            lora.state_dict[f"{te}.{p}.lora_A.weight"] = f.A.detach().contiguous().cpu()
+            lora.state_dict[f"{te}.{p}.lora_B.weight"] = f.B.detach().contiguous().cpu()
+        config = _scale_one_config({p.removeprefix("text_model."): f.rank for p, f in te_factors.items()})
+        packed |= {f"{te}.{k}": v for k, v in config.items()}
+    lora.metadata[LORA_ADAPTER_METADATA_KEY] = json.dumps(packed, indent=2, sort_keys=True)
     if description:
         lora.metadata["ziplora_pipeline.description"] = description
     return lora

@@ -16,9 +16,9 @@ from typing import Callable
 
 from .cost import Cost, measure
 from .k_lora import KLoRA
-from .lora_factors import unet_lora_factors
+from .lora_factors import text_encoder_lora_factors, unet_lora_factors
 from .lora_io import LoraFile
-from .merge_export import factors_to_lora_file, merged_factors
+from .merge_export import combined_text_encoders, factors_to_lora_file, merged_factors
 from .methods import MethodSpec
 from .peft_merges import PeftMerger
 
@@ -79,10 +79,18 @@ class MethodBuilder:
     def _ziplora(self, spec):
         strengths = {"subject": spec.options.subject_scale, "style": spec.options.style_scale}
         lora = factors_to_lora_file(merged_factors(self.factors, self.mergers, strengths),
-                                    description=f"ZipLoRA, strengths {strengths}")
+                                    description=f"ZipLoRA, strengths {strengths}",
+                                    text_encoders=combined_text_encoders(
+                                        {n: self.sources[n] for n in ("subject", "style")}, strengths, spec.name))
         return lora, _cost(log=self.logs["ziplora"], file_mb=lora_file_mb(lora))
 
+    def _unet_only(self, spec) -> None:
+        if any(text_encoder_lora_factors(self.sources[n], n) for n in ("subject", "style")):
+            logger.warning("%s: the LoRAs' text-encoder parts are left out (this method is built on the UNet "
+                           "parts only); ZipLoRA and the direct merge combine them directly.", spec.name)
+
     def _peft(self, spec):
+        self._unet_only(spec)
         if self._merger is None:  # both LoRAs as peft adapters, loaded once for every PEFT method
             self._merger = PeftMerger(self._load_unet(), self.sources["subject"], self.sources["style"])
         with measure(self.device) as c:
@@ -90,6 +98,7 @@ class MethodBuilder:
         return lora, _cost(c, file_mb=lora_file_mb(lora))
 
     def _k_lora(self, spec):
+        self._unet_only(spec)
         with measure(self.device) as c:
             klora = KLoRA(self.factors["subject"], self.factors["style"], spec.options)
         first, last = klora.choices(0.0), klora.choices(1.0)

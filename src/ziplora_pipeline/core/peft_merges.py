@@ -57,7 +57,7 @@ def _scale_one(lora: LoraFile, name: str, unet_config=None) -> LoraFile:
     """Any LoRA format -> diffusers format with alpha = rank (scale folded into B), so its config is
     expressible as a plain ``LoraConfig`` (exact module paths as target_modules)."""
     factors = unet_lora_factors(lora, name, unet_config)
-    return factors_to_lora_file({p: LoraFactors(f.A, f.B.float() * f.scale, 1.0) for p, f in factors.items()})
+    return factors_to_lora_file({p: LoraFactors(f.A, f.B.float() * f.scale, 1.0, f.conv) for p, f in factors.items()})
 
 
 def _lora_config(lora: LoraFile):

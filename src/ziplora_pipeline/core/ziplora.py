@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .lora_factors import LoraFactors
+from .lora_factors import LoraFactors, in_features, low_rank_branch
 
 
 class ZipLoRALinear(nn.Module):
@@ -33,9 +33,10 @@ class ZipLoRALinear(nn.Module):
     Forward uses m ⊗ ΔW = s B (A diag(m)): the mergers scale A's columns, the k scaled A's are
     stacked into one (Σr, in) matrix and the k B's into one (out, Σr) matrix, so a step costs
     one rank-Σr LoRA forward — no dense ΔW and no per-adapter copy of the activations.
+    ``base`` may also be a 1×1 Conv2d (a linear map per pixel: its input channels are the columns).
     """
 
-    def __init__(self, base: nn.Linear, factors: dict[str, LoraFactors]):
+    def __init__(self, base: nn.Module, factors: dict[str, LoraFactors]):
         super().__init__()
         self.base = base
         self.names = list(factors)
@@ -49,16 +50,16 @@ class ZipLoRALinear(nn.Module):
         self.register_buffer("A", A.to(device), persistent=False)
         self.register_buffer("B", B.to(device), persistent=False)
         # Mergers in fp32 (master weights) even for a half-precision UNet; init 1 = direct merge.
-        self.mergers = nn.ParameterDict({n: nn.Parameter(torch.ones(base.in_features, device=device)) for n in factors})
+        self.mergers = nn.ParameterDict({n: nn.Parameter(torch.ones(in_features(base), device=device)) for n in factors})
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (..., in) -> (..., out)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (..., in) -> (..., out); 1×1 conv: (N, in, H, W)
         m = torch.cat([self.mergers[n].expand(r, -1) for n, r in zip(self.names, self.ranks)])  # (Σr, in), fp32
         scaled_A = (self.A * m).to(x.dtype)  # [A_1 diag(m_1); …; A_k diag(m_k)] in fp32, then the activations' dtype
-        return self.base(x) + F.linear(F.linear(x, scaled_A), self.B.to(x.dtype))  # (..., Σr) -> (..., out)
+        return self.base(x) + low_rank_branch(self.base, x, scaled_A, self.B.to(x.dtype))  # via (..., Σr)
 
 
 def attach_ziplora(unet: nn.Module, loras: dict[str, dict[str, LoraFactors]]) -> dict[str, ZipLoRALinear]:
-    """Replace every linear layer any LoRA adapts by a ``ZipLoRALinear``; freeze all but the mergers.
+    """Replace every layer any LoRA adapts (Linear, 1×1 Conv2d) by a ``ZipLoRALinear``; freeze all but the mergers.
 
     Args:
         loras: {adapter name: {module path: factors}} (paths as in ``unet.named_modules()``).
@@ -132,7 +133,7 @@ def _pairs(wrappers: Iterable[ZipLoRALinear]) -> dict[int, tuple[torch.Tensor, t
     groups: dict[int, tuple[list, list]] = {}
     for w in wrappers:
         for i, j in itertools.combinations(w.names, 2):
-            a, b = groups.setdefault(w.base.in_features, ([], []))
+            a, b = groups.setdefault(in_features(w.base), ([], []))
             a.append(w.mergers[i])
             b.append(w.mergers[j])
     return {n: (torch.stack(a), torch.stack(b)) for n, (a, b) in groups.items()}
