@@ -115,6 +115,16 @@ def _local_source_class():
                  if c.__name__ == "LocalArtifactDatasetSource"), None)
 
 
+class GridHooks:
+    """Keep the run's config loader (``--env``, ``--params``) for building the grid pipeline (``grid_config``)."""
+
+    @hook_impl(tryfirst=True)
+    def after_context_created(self, context) -> None:
+        from .grid_config import remember
+
+        remember(context.config_loader)
+
+
 class ErrorSummaryHooks:
     """After a failed ``kedro`` command's traceback, one line that says what failed and why.
 
@@ -157,13 +167,53 @@ def _ours(exc: BaseException) -> bool:
     return type(exc).__module__.split(".")[0] == "ziplora_pipeline"
 
 
+def _reset_peak_rss() -> bool:
+    """Reset this process's resident-set high-water mark (Linux: VmHWM, via ``/proc/self/clear_refs``)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:  # not Linux, or not permitted: no CPU figure
+        return False
+
+
+def _trim_heap() -> None:
+    """Give the C heap's free pages back to the OS (glibc ``malloc_trim``): the CPU analogue of
+    ``torch.cuda.empty_cache``. Freed tensors below glibc's mmap threshold stay in the heap otherwise,
+    and the next node's pipeline lands on top of them, fragmented."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+        pass
+
+
+def _peak_rss_gb() -> float | None:
+    """VmHWM (GiB) since the last reset, or None where /proc is not there."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20  # kB -> GiB
+    except OSError:
+        pass
+    return None
+
+
 class MemoryHooks:
     """Release what a node loaded before the next node loads its own pipeline, and log each node's peak
-    GPU memory (issue 9). Every node loads its own pipeline; under mixed precision accelerate's wrapped
-    ``forward`` holds a reference cycle that keeps the previous node's UNet alive until ``gc.collect()``,
-    so without this a whole ``kedro run``'s peak is a sum of stages, not the largest one. On CPU it only
-    collects (no log line: RSS is not a per-node figure).
+    memory (issue 9): peak GPU memory on CUDA, and everywhere (Linux) the process's peak resident set
+    during the node (VmHWM, reset before each node). Every node loads its own pipeline; under mixed
+    precision accelerate's wrapped ``forward`` holds a reference cycle that keeps the previous node's
+    UNet alive until ``gc.collect()``, so without the release a whole ``kedro run``'s peak is a sum of
+    stages, not the largest one (``benchmarks/run_memory.py`` measures both).
+
+    ``ZIPLORA_NO_RELEASE=1`` switches the release off (the benchmark's baseline); the figures are still logged.
     """
+
+    def __init__(self):
+        self.peaks: dict[str, dict[str, float]] = {}  # {node: {"rss_gb": .., "gpu_gb": ..}} of this run
 
     @staticmethod
     def _cuda_torch():
@@ -172,7 +222,12 @@ class MemoryHooks:
         return torch if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized() else None
 
     @hook_impl
+    def before_pipeline_run(self) -> None:
+        self.peaks = {}
+
+    @hook_impl
     def before_node_run(self, node) -> None:
+        _reset_peak_rss()
         if torch := self._cuda_torch():
             torch.cuda.reset_peak_memory_stats()
 
@@ -180,18 +235,35 @@ class MemoryHooks:
     def after_node_run(self, node) -> None:
         import gc
 
-        gc.collect()
+        release = os.environ.get("ZIPLORA_NO_RELEASE") != "1"
+        if release:
+            gc.collect()
+            _trim_heap()
+        peaks = {}
+        if (rss := _peak_rss_gb()) is not None:
+            peaks["rss_gb"] = rss
         torch = self._cuda_torch()
-        if torch is None:
+        if torch is not None:
+            peaks["gpu_gb"] = torch.cuda.max_memory_allocated() / 2**30
+            if release:
+                torch.cuda.empty_cache()
+        if not peaks:
             return
-        peak = torch.cuda.max_memory_allocated() / 2**30
-        torch.cuda.empty_cache()
-        logger.info("%s: peak GPU memory %.2f GB (%.2f GB still allocated after release)", node.name, peak,
-                    torch.cuda.memory_allocated() / 2**30)
+        self.peaks[node.name] = peaks
+        logger.info("%s: peak memory %s", node.name, ", ".join(
+            f"{'GPU' if k == 'gpu_gb' else 'resident (CPU)'} {v:.2f} GB" for k, v in peaks.items()))
         import mlflow
 
         if mlflow.active_run() is not None:
-            mlflow.log_metric(f"memory.peak_gb.{node.name}", peak)
+            mlflow.log_metrics({f"memory.peak_{k}.{node.name}": v for k, v in peaks.items()})
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        for key in ("rss_gb", "gpu_gb"):
+            figures = {n: p[key] for n, p in self.peaks.items() if key in p}
+            if figures:
+                top = max(figures, key=figures.get)
+                logger.info("Run peak memory (%s): %.2f GB, in node %s", key, figures[top], top)
 
 
 class MlflowArtifactHooks:

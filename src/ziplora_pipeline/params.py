@@ -14,6 +14,7 @@ from .core.base_model import BaseModelConfig
 from .core.config_utils import ConfigError, from_dict, require
 from .core.evaluation import EvaluationConfig
 from .core.generation import GenerationConfig
+from .core.grid import GridConfig
 from .core.lora_training import LoraTrainingConfig
 from .core.merge import MergeConfig
 from .core.toy_world.config import PretrainConfig
@@ -68,6 +69,7 @@ SCHEMA: dict[str, type] = {
     "generation": GenerationConfig,
     "evaluation": EvaluationConfig,
     "pretrain": PretrainConfig,
+    "grid": GridConfig,
 }
 
 

@@ -7,17 +7,29 @@ from kedro.framework.project import find_pipelines
 from kedro.pipeline import Pipeline
 
 
+# The grid names its namespaces itself: one per concept and per pair (`kedro run --namespaces robot_x_sketch`).
+OWN_NAMESPACES = ("grid",)
+NOT_IN_JOB = ("pretrain", "grid")  # pretrain builds the committed base model; the grid is its own job
+
+
 def _namespaced(name: str, stage: Pipeline) -> Pipeline:
     """The stage in a namespace named after it (Kedro-Viz draws one collapsible box per stage, nodes are
     ``merge.zip_merge``); dataset and parameter names stay as the catalog and conf/ spell them."""
+    if name in OWN_NAMESPACES:
+        return stage
     return Pipeline(stage, namespace=name, prefix_datasets_with_namespace=False)
 
 
 def register_pipelines() -> dict[str, Pipeline]:
     pipelines = {name: _namespaced(name, p) for name, p in find_pipelines(raise_errors=True).items()
                  if name != "__default__"}
-    # pretrain builds the committed toy-world base model: run it on purpose, never as part of the job.
-    pipelines["__default__"] = sum((p for name, p in pipelines.items() if name != "pretrain"), Pipeline([]))
+    job = sum((p for name, p in pipelines.items() if name not in NOT_IN_JOB), Pipeline([]))
+    if "grid" in pipelines:  # `kedro run` runs the grid where conf says so (conf/grid: grid.replace_default_job)
+        from .grid_config import current_grid_config
+
+        if current_grid_config().replace_default_job:
+            job = pipelines["grid"]
+    pipelines["__default__"] = job
     return pipelines
 
 

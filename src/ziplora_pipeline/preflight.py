@@ -56,14 +56,27 @@ def check_inputs(pipeline, catalog, registered: Mapping[str, Any], params: Mappi
     from .pipelines.data_prep.nodes import RAW_INPUTS, concept_ids
 
     inputs = {i for i in pipeline.inputs() if not i.startswith("params:") and i != "parameters"}
+    nodes = {n.name for n in pipeline.nodes}
+
+    def partitions(name: str) -> dict:
+        try:
+            return catalog.get(name).load()  # lazy: lists file names, reads nothing
+        except Exception:  # noqa: BLE001 - kedro raises DatasetError("No partitions found") for a missing root
+            return {}
+
     for name in sorted(inputs & RAW_INPUTS.keys()):
         concept, root = RAW_INPUTS[name]
-        folder = (params.get("data_prep", {}).get(concept) or {}).get("folder", "")
-        try:
-            partitions = catalog.get(name).load()  # lazy: lists file names, reads nothing
-        except Exception:  # noqa: BLE001 - kedro raises DatasetError("No partitions found") for a missing root
-            partitions = {}
-        concept_ids(partitions, folder, concept, root)
+        if f"data_prep.prepare_{concept}" in nodes:  # the one-pair job's folder (the grid's are checked below)
+            folder = (params.get("data_prep", {}).get(concept) or {}).get("folder", "")
+            concept_ids(partitions(name), folder, concept, root)
+    if any(n.endswith(".prepare") for n in nodes):  # the grid: every concept folder it prepares, before any training
+        from .core.config_utils import from_dict
+        from .core.grid import GridConfig
+
+        for concept, (kind, c) in from_dict(GridConfig, params.get("grid"), "grid").concepts().items():
+            if f"{concept}.prepare" in nodes:
+                concept_ids(partitions(f"raw_{kind}s"), c.folder or concept, concept, f"data/01_raw/{kind}s",
+                            setting=f"grid.{kind}s.{concept}.folder")
 
     missing: dict[str, str] = {}
     stages: list[str] = []

@@ -45,3 +45,30 @@ def write_sample_data(root: str | Path = "data/01_raw", views: int = 5, size: in
     logger.info("Wrote %d subject views to %s and 1 style image (%s %s) to %s", views, subject, style, style_noun,
                 style_dir)
     return root
+
+
+# The grid's sample library (conf/grid): three subject designs and three styles. The cup and the car are single
+# designs the subject LoRA learns from their views; unlike the robot, pretraining may have drawn look-alikes
+# (it excludes only the robot's), so they test recontextualisation more than novelty.
+GRID_SUBJECTS = {"robot": SKS_ROBOT, "cup": Instance("cup", "blue", "orange", variant=2, detail=2),
+                 "car": Instance("car", "green", "purple", variant=0, detail=1)}
+GRID_STYLES = {"sketch": "house", "mosaic": "tree", "dots": "cat"}  # style -> what its one image shows
+
+
+def write_grid_sample_data(root: str | Path = "data/01_raw", views: int = 5, size: int = 64, seed: int = 0,
+                           subjects: dict | None = None, styles: dict | None = None) -> Path:
+    """Write the grid's sample subjects (``views`` images each) and styles (1 image each) under ``root``."""
+    root = Path(root)
+    subjects = GRID_SUBJECTS if subjects is None else subjects
+    styles = GRID_STYLES if styles is None else styles
+    for name, instance in subjects.items():
+        folder = root / "subjects" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for v, img in enumerate(subject_views(instance, views, size, seed)):
+            img.save(folder / f"{name}_{v:02d}.png")
+    for style, noun in styles.items():
+        folder = root / "styles" / style
+        folder.mkdir(parents=True, exist_ok=True)
+        style_image(style, noun, size, seed).save(folder / f"{style}.png")
+    logger.info("Wrote grid samples under %s: subjects %s, styles %s", root, list(subjects), list(styles))
+    return root

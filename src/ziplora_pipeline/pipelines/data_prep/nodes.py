@@ -49,7 +49,7 @@ def prepare_concept(partitions: dict[str, Callable[[], bytes]], concept_params: 
     return images, prompt
 
 
-def concept_ids(partitions, folder: str, concept: str, root: str) -> list[str]:
+def concept_ids(partitions, folder: str, concept: str, root: str, setting: str | None = None) -> list[str]:
     """The partition ids under ``<folder>/`` (hidden files skipped), sorted; also the pre-run check of the
     raw folders (``preflight``), so a missing folder fails before any stage saves anything.
 
@@ -62,8 +62,9 @@ def concept_ids(partitions, folder: str, concept: str, root: str) -> list[str]:
         folders = sorted({p.split("/", 1)[0] for p in partitions})
         raise ImageInputError(
             f"No images in {root}/{folder}/ for the {concept}. Create that folder with your images, set "
-            f"data_prep.{concept}.folder to one of {folders}, or run `python scripts/make_sample_data.py` "
-            f"for the sample robot and style."
+            f"{setting or f'data_prep.{concept}.folder'} to one of {folders}, or run "
+            f"`python scripts/make_sample_data.py{' --grid' if setting else ''}` for the sample "
+            f"{'concepts' if setting else 'robot and style'}."
         )
     return ids
 
