@@ -92,6 +92,18 @@ def test_grid_run_then_a_new_style_reruns_only_what_is_new(fresh_project):
     assert sorted(first) == sorted(["robot.prepare", "robot.train_lora", "sketch.prepare", "sketch.train_lora",
                                     *(f"robot_x_sketch.{n}" for n in ("ziplora_merge", "direct_merge", "generate",
                                                                       "judge")), "grid.sheets", "grid.table"])
+    # MLflow: the run has one nested run per namespace (concepts and the pair), the pair's merge metrics on its own
+    import contextlib
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(f"file:{fresh_project / 'mlflow.db'}?mode=ro", uri=True)) as con:
+        nested = dict(con.execute("SELECT r.name, t.value FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+                                  "WHERE t.key = 'mlflow.parentRunId'").fetchall())
+        parents = {v for v in nested.values()}
+        merge_metric_runs = {r for (r,) in con.execute(
+            "SELECT DISTINCT r.name FROM metrics m JOIN runs r ON r.run_uuid = m.run_uuid WHERE m.key LIKE 'merge.step.%'")}
+    assert set(nested) == {"robot", "sketch", "robot_x_sketch"} and len(parents) == 1  # all under one parent
+    assert merge_metric_runs == {"robot_x_sketch"}
     local.write_text("grid:\n  seeds: [100, 101]\n  styles:\n    dots: {token: pfw, noun: cat}\n")
     second = ran(_kedro(fresh_project, "run", "--pipelines", "grid", "--only-missing-outputs", "--params", fast))
     assert sorted(second) == sorted(["dots.prepare", "dots.train_lora",

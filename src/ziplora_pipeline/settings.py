@@ -5,7 +5,7 @@ from pathlib import Path
 from kedro.config import OmegaConfigLoader
 from kedro.utils import find_kedro_project
 
-from .hooks import ErrorSummaryHooks, GridHooks, MemoryHooks, MlflowArtifactHooks, PreflightHooks, RunTrackingHooks
+from .hooks import ErrorSummaryHooks, GridHooks, GridRunHooks, MemoryHooks, MlflowArtifactHooks, PreflightHooks, RunTrackingHooks
 from .quiet import silence_known_warnings
 
 silence_known_warnings()
@@ -21,7 +21,7 @@ def project_root() -> str:
     return (find_kedro_project(Path.cwd()) or Path.cwd()).resolve().as_posix()
 
 
-HOOKS = (GridHooks(), PreflightHooks(), MlflowArtifactHooks(), RunTrackingHooks(), ErrorSummaryHooks(), MemoryHooks())
+HOOKS = (GridHooks(), GridRunHooks(), PreflightHooks(), MlflowArtifactHooks(), RunTrackingHooks(), ErrorSummaryHooks(), MemoryHooks())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
