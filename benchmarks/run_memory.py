@@ -40,7 +40,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from train_step import MODELS, QUICK_MODELS  # noqa: E402  (the same large spec as the step benchmarks)
 
-PEAK = re.compile(r"(\S+): peak memory resident \(CPU\) ([\d.]+) GB")
+PEAK = re.compile(r"(\S+): peak memory resident \(CPU\) ([\d.]+) GB.*?\(([\d.]+) GB resident at its start\)")
 
 
 def scratch_project(root: Path, spec: dict) -> Path:
@@ -60,8 +60,8 @@ def scratch_project(root: Path, spec: dict) -> Path:
     return root
 
 
-def kedro(project: Path, *args: str, release: bool = True) -> tuple[dict[str, float], float]:
-    """Run kedro; return ({node: peak resident GB}, wall seconds)."""
+def kedro(project: Path, *args: str, release: bool = True) -> tuple[dict[str, float], dict[str, float], float]:
+    """Run kedro; return ({node: peak resident GB}, {node: resident GB at its start}, wall seconds)."""
     kedro_bin = Path(sys.executable).with_name("kedro")
     cmd = [str(kedro_bin) if kedro_bin.exists() else sys.executable, *([] if kedro_bin.exists() else ["-m", "kedro"])]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
@@ -75,9 +75,10 @@ def kedro(project: Path, *args: str, release: bool = True) -> tuple[dict[str, fl
     if proc.returncode != 0:
         raise SystemExit(f"kedro run {' '.join(args)} failed ({proc.returncode}):\n{out[-5000:]}")
     peaks = {m[1]: float(m[2]) for m in PEAK.finditer(out)}
+    starts = {m[1]: float(m[3]) for m in PEAK.finditer(out)}
     if not peaks:
         raise SystemExit("No per-node peak memory in the log: is MemoryHooks registered and /proc readable?\n" + out[-3000:])
-    return peaks, seconds
+    return peaks, starts, seconds
 
 
 def main() -> None:
@@ -97,20 +98,23 @@ def main() -> None:
         logger.info("scratch project at %s (model built in %.0f s)", project, time.perf_counter() - t0)
         runs = {}
         for name, release in (("release", True), ("no_release", False))[: 1 if args.no_baseline else 2]:
-            peaks, seconds = kedro(project, release=release)
-            runs[name] = {"peaks_gb": peaks, "seconds": seconds, "run_peak_gb": max(peaks.values()),
+            peaks, starts, seconds = kedro(project, release=release)
+            runs[name] = {"peaks_gb": peaks, "start_gb": starts, "seconds": seconds, "run_peak_gb": max(peaks.values()),
                           "run_peak_node": max(peaks, key=peaks.get)}
             logger.info("whole run (%s): %.0f s, peak resident %.2f GB in %s", name, seconds,
                         runs[name]["run_peak_gb"], runs[name]["run_peak_node"])
         top = sorted(runs["release"]["peaks_gb"], key=runs["release"]["peaks_gb"].get, reverse=True)[: args.alone]
-        alone = {}
+        alone, alone_start = {}, {}
         for node in top:
-            peaks, seconds = kedro(project, "--nodes", node)
-            alone[node] = peaks[node]
-            logger.info("%s alone: peak resident %.2f GB (in the whole run: %.2f GB), %.0f s", node, alone[node],
-                        runs["release"]["peaks_gb"][node], seconds)
+            peaks, starts, seconds = kedro(project, "--nodes", node)
+            alone[node], alone_start[node] = peaks[node], starts[node]
+            whole = runs["release"]
+            logger.info("%s alone: peak resident %.2f GB, %.2f GB above its start (in the whole run: %.2f GB, %.2f GB "
+                        "above its start), %.0f s", node, alone[node], alone[node] - starts[node],
+                        whole["peaks_gb"][node], whole["peaks_gb"][node] - whole["start_gb"][node], seconds)
         largest = max(alone.values())
         result = {"model": "quick" if args.quick else "large", "spec": spec, "alone_gb": alone,
+                  "alone_start_gb": alone_start,
                   "largest_stage_alone_gb": largest, "largest_stage": max(alone, key=alone.get), "runs": runs,
                   **{f"ratio_{n}": r["run_peak_gb"] / largest for n, r in runs.items()}}
         logger.info("run peak / largest stage alone: %s (target <= 1.1)",

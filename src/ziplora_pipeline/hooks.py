@@ -236,12 +236,12 @@ def _trim_heap() -> None:
         pass
 
 
-def _peak_rss_gb() -> float | None:
-    """VmHWM (GiB) since the last reset, or None where /proc is not there."""
+def _peak_rss_gb(field: str = "VmHWM") -> float | None:
+    """VmHWM (peak since the last reset) or VmRSS (now), in GiB; None where /proc is not there."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) / 2**20  # kB -> GiB
     except OSError:
         pass
@@ -261,6 +261,7 @@ class MemoryHooks:
 
     def __init__(self):
         self.peaks: dict[str, dict[str, float]] = {}  # {node: {"rss_gb": .., "gpu_gb": ..}} of this run
+        self._rss_start: float | None = None
 
     @staticmethod
     def _cuda_torch():
@@ -275,6 +276,7 @@ class MemoryHooks:
     @hook_impl
     def before_node_run(self, node) -> None:
         _reset_peak_rss()
+        self._rss_start = _peak_rss_gb("VmRSS")  # what the process holds before the node: imports, caches, leftovers
         if torch := self._cuda_torch():
             torch.cuda.reset_peak_memory_stats()
 
@@ -289,6 +291,8 @@ class MemoryHooks:
         peaks = {}
         if (rss := _peak_rss_gb()) is not None:
             peaks["rss_gb"] = rss
+            if self._rss_start is not None:
+                peaks["rss_start_gb"] = self._rss_start
         torch = self._cuda_torch()
         if torch is not None:
             peaks["gpu_gb"] = torch.cuda.max_memory_allocated() / 2**30
@@ -298,7 +302,8 @@ class MemoryHooks:
             return
         self.peaks[node.name] = peaks
         logger.info("%s: peak memory %s", node.name, ", ".join(
-            f"{'GPU' if k == 'gpu_gb' else 'resident (CPU)'} {v:.2f} GB" for k, v in peaks.items()))
+            f"{'GPU' if k == 'gpu_gb' else 'resident (CPU)'} {v:.2f} GB" for k, v in peaks.items() if k != "rss_start_gb")
+            + (f" ({peaks['rss_start_gb']:.2f} GB resident at its start)" if "rss_start_gb" in peaks else ""))
         import mlflow
 
         if mlflow.active_run() is not None:

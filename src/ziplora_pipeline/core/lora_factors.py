@@ -96,7 +96,7 @@ def _peft_scales(lora: LoraFile, ranks: dict[str, int], prefix: str = "unet") ->
     return scales
 
 
-def _from_peft(lora: LoraFile, name: str, pattern: re.Pattern = None, prefix: str = "unet") -> dict[str, LoraFactors]:
+def _from_peft(lora: LoraFile, name: str, pattern: re.Pattern | None = None, prefix: str = "unet") -> dict[str, LoraFactors]:
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, t in lora.state_dict.items():
         if m := (pattern or _PEFT).match(key):
