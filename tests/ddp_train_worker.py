@@ -7,7 +7,6 @@ import sys
 from safetensors.torch import save_file
 
 from ziplora_pipeline.core.base_model import BaseModelConfig, load_base_pipeline
-from ziplora_pipeline.core.images import square_resize
 from ziplora_pipeline.core.lora_training import LoraTrainingConfig, train_lora
 from ziplora_pipeline.core.sdxl import encode_concept
 from ziplora_pipeline.sample_data import subject_views
