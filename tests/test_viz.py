@@ -46,3 +46,6 @@ def test_kedro_viz_build_exports_layers_and_a_namespace_per_stage(tmp_path):
     # each LoRA stage's checkpoint store is its own dataset
     checkpoints = {n["name"] for n in data if n["name"].endswith("_checkpoints")}
     assert checkpoints == {"subject_lora_checkpoints", "style_lora_checkpoints", "joint_lora_checkpoints"}
+    # the grid pipeline: one collapsible namespace per concept and per pair (conf/base: robot x sketch)
+    grid = json.loads((project / "build" / "api" / "pipelines" / "grid").read_text())
+    assert {"robot", "sketch", "robot_x_sketch", "grid"} <= set(grid["modular_pipelines"])
