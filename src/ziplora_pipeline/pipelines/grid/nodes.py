@@ -136,7 +136,7 @@ def grid_table(grid_params: dict, **scores) -> tuple[dict, str]:
                            for axis in AXES}
     for axis in AXES:
         d = [r["methods"]["ziplora"][axis]["mean"] - r["methods"]["direct_merge"][axis]["mean"] for r in rows
-             if r["methods"]["ziplora"].get(axis, {}).get("mean") is not None]
+             if all(r["methods"][m].get(axis, {}).get("mean") is not None for m in METHODS)]
         diffs[axis] = bootstrap(np.array(d))
     table = {"pairs": len(rows), "seeds": list(cfg.seeds), "prompts": list(cfg.prompts), "methods": summary,
              "ziplora_minus_direct_merge": diffs,
