@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ziplora_pipeline.hooks import MemoryHooks, _peak_rss_gb, _reset_peak_rss
+from ziplora_pipeline.hooks import MemoryHooks, _proc_status_gb, _reset_peak_rss
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
 
@@ -43,7 +43,7 @@ def test_each_node_peak_is_its_own_and_a_cycle_it_left_is_collected():
 
 def test_peak_reset_reads_back():
     assert _reset_peak_rss()
-    before = _peak_rss_gb()
+    before = _proc_status_gb("VmHWM")
     x = torch.ones(200 * 2**20 // 4)
-    assert _peak_rss_gb() - before > 0.15
+    assert _proc_status_gb("VmHWM") - before > 0.15
     del x

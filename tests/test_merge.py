@@ -290,7 +290,7 @@ def test_foreign_files_with_text_encoder_and_1x1_conv_parts_merge_and_load_in_pl
 
     from ziplora_pipeline.core.base_model import base_unet_config
     from ziplora_pipeline.core.lora_factors import text_encoder_lora_factors
-    from ziplora_pipeline.core.merge_export import combined_text_encoders
+    from ziplora_pipeline.core.merge_export import combined_text_encoders, text_encoder_parts
 
     pipe = load_base_pipeline(base_cfg)
     config = base_unet_config(base_cfg)
@@ -352,7 +352,7 @@ def test_foreign_files_with_text_encoder_and_1x1_conv_parts_merge_and_load_in_pl
     detach_ziplora(pipe.unet, wrappers)
     strengths = {"subject": 1.0, "style": 0.8}
     merged = factors_to_lora_file(merged_factors(loras, mergers, strengths),
-                                  text_encoders=combined_text_encoders(files, strengths, "test"))
+                                  text_encoders=combined_text_encoders(text_encoder_parts(files), strengths, "test"))
     path = tmp_path / "merged.safetensors"
     save_file(merged.state_dict, str(path), metadata=merged.metadata)
 

@@ -14,14 +14,14 @@ from .conftest import PROJECT_ROOT
 @pytest.mark.slow
 def test_a_2x2_grid_runs_through_dagster_with_every_node_a_separate_op(tmp_path, mini_model_path, monkeypatch):
     pytest.importorskip("kedro_dagster", reason="pip install -e '.[test]' installs kedro-dagster")
-    from ziplora_pipeline.sample_data import write_grid_sample_data
+    from ziplora_pipeline.sample_data import GRID_SUBJECTS, write_grid_sample_data
 
     from .test_kedro_run import _copy_project
 
     project = _copy_project(tmp_path / "project", mini_model_path)
     shutil.copytree(PROJECT_ROOT / "data/06_models/toy_judges", project / "data/06_models/toy_judges")
-    write_grid_sample_data(project / "data/01_raw", size=64, subjects={"cup": __import__(
-        "ziplora_pipeline.sample_data", fromlist=["GRID_SUBJECTS"]).GRID_SUBJECTS["cup"]}, styles={"dots": "cat"})
+    write_grid_sample_data(project / "data/01_raw", size=64, subjects={"cup": GRID_SUBJECTS["cup"]},
+                           styles={"dots": "cat"})
     (project / "conf/local/parameters.yml").write_text(
         "grid:\n  subjects:\n    cup: {token: qlx, noun: cup}\n  styles:\n    dots: {token: pfw, noun: cat}\n"
         "  seeds: [100]\n  num_inference_steps: 2\n  batch_size: 4\n"

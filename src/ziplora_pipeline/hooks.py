@@ -236,7 +236,7 @@ def _trim_heap() -> None:
         pass
 
 
-def _peak_rss_gb(field: str = "VmHWM") -> float | None:
+def _proc_status_gb(field: str) -> float | None:
     """VmHWM (peak since the last reset) or VmRSS (now), in GiB; None where /proc is not there."""
     try:
         with open("/proc/self/status") as f:
@@ -276,7 +276,7 @@ class MemoryHooks:
     @hook_impl
     def before_node_run(self, node) -> None:
         _reset_peak_rss()
-        self._rss_start = _peak_rss_gb("VmRSS")  # what the process holds before the node: imports, caches, leftovers
+        self._rss_start = _proc_status_gb("VmRSS")  # what the process holds before the node: imports, caches, leftovers
         if torch := self._cuda_torch():
             torch.cuda.reset_peak_memory_stats()
 
@@ -289,7 +289,7 @@ class MemoryHooks:
             gc.collect()
             _trim_heap()
         peaks = {}
-        if (rss := _peak_rss_gb()) is not None:
+        if (rss := _proc_status_gb("VmHWM")) is not None:
             peaks["rss_gb"] = rss
             if self._rss_start is not None:
                 peaks["rss_start_gb"] = self._rss_start

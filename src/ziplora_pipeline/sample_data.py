@@ -35,16 +35,7 @@ def style_image(style: str = "sketch", cls: str = "house", size: int = 64, seed:
 def write_sample_data(root: str | Path = "data/01_raw", views: int = 5, size: int = 64, seed: int = 0,
                       style: str = "sketch", style_noun: str = "house") -> Path:
     """Write the sample subject (``views`` images) and style (1 image) under ``root``."""
-    root = Path(root)
-    subject, style_dir = root / "subjects" / "robot", root / "styles" / style
-    subject.mkdir(parents=True, exist_ok=True)
-    style_dir.mkdir(parents=True, exist_ok=True)
-    for v, img in enumerate(subject_views(SKS_ROBOT, views, size, seed)):
-        img.save(subject / f"robot_{v:02d}.png")
-    style_image(style, style_noun, size, seed).save(style_dir / f"{style}.png")
-    logger.info("Wrote %d subject views to %s and 1 style image (%s %s) to %s", views, subject, style, style_noun,
-                style_dir)
-    return root
+    return write_grid_sample_data(root, views, size, seed, subjects={"robot": SKS_ROBOT}, styles={style: style_noun})
 
 
 # The grid's sample library (conf/grid): three subject designs and three styles. The cup and the car are single
@@ -57,7 +48,7 @@ GRID_STYLES = {"sketch": "house", "mosaic": "tree", "dots": "cat"}  # style -> w
 
 def write_grid_sample_data(root: str | Path = "data/01_raw", views: int = 5, size: int = 64, seed: int = 0,
                            subjects: dict | None = None, styles: dict | None = None) -> Path:
-    """Write the grid's sample subjects (``views`` images each) and styles (1 image each) under ``root``."""
+    """Write sample subjects (``views`` images each) and styles (1 image each) under ``root``; by default the grid's."""
     root = Path(root)
     subjects = GRID_SUBJECTS if subjects is None else subjects
     styles = GRID_STYLES if styles is None else styles
@@ -70,5 +61,6 @@ def write_grid_sample_data(root: str | Path = "data/01_raw", views: int = 5, siz
         folder = root / "styles" / style
         folder.mkdir(parents=True, exist_ok=True)
         style_image(style, noun, size, seed).save(folder / f"{style}.png")
-    logger.info("Wrote grid samples under %s: subjects %s, styles %s", root, list(subjects), list(styles))
+    logger.info("Wrote %d views of each subject %s and 1 image of each style %s under %s", views, list(subjects),
+                list(styles), root)
     return root

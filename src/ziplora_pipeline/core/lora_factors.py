@@ -163,10 +163,14 @@ def unet_lora_factors(lora: LoraFile, name: str = "LoRA", unet_config=None) -> d
             f"{name} holds no UNet LoRA weights (lora_A/lora_B, lora.down/up or kohya lora_down/up pairs); "
             f"found {len(keys)} tensors like {keys[:3]}. Is it a full checkpoint or a text-encoder-only LoRA?"
         )
+    _check_finite(factors, name)
+    return factors
+
+
+def _check_finite(factors: dict[str, LoraFactors], name: str, where: str = "layer") -> None:
     for path, f in factors.items():
         if not (torch.isfinite(f.A).all() and torch.isfinite(f.B).all()):
-            raise LoraFormatError(f"{name}: layer {path} has NaN/inf weights; the LoRA is corrupt (retrain it).")
-    return factors
+            raise LoraFormatError(f"{name}: {where} {path} has NaN/inf weights; the LoRA is corrupt (retrain it).")
 
 
 # ---- text-encoder parts ------------------------------------------------------------------------
@@ -234,9 +238,7 @@ def text_encoder_lora_factors(lora: LoraFile, name: str = "LoRA") -> dict[str, d
         logger.warning("%s: %d text-encoder tensors are in no format this project reads (e.g. %s); they are left "
                        "out of the merged file.", name, len(unplaced), unplaced[0])
     for te, factors in out.items():
-        for path, f in factors.items():
-            if not (torch.isfinite(f.A).all() and torch.isfinite(f.B).all()):
-                raise LoraFormatError(f"{name}: {te} layer {path} has NaN/inf weights; the LoRA is corrupt (retrain it).")
+        _check_finite(factors, name, f"{te} layer")
     return out
 
 

@@ -53,13 +53,19 @@ def merged_factors(loras: dict[str, dict[str, LoraFactors]], mergers: dict[str, 
     return out
 
 
-def combined_text_encoders(files: dict[str, LoraFile], strengths: dict[str, float] | None = None,
+def text_encoder_parts(files: dict[str, LoraFile]) -> dict[str, dict[str, dict[str, LoraFactors]]]:
+    """{name: that file's text-encoder parts} (``text_encoder_lora_factors``), parsed once for every use."""
+    return {n: text_encoder_lora_factors(f, f"{n} LoRA") for n, f in files.items()}
+
+
+def combined_text_encoders(parts: dict[str, dict[str, dict[str, LoraFactors]]],
+                           strengths: dict[str, float] | None = None,
                            what: str = "merge") -> dict[str, dict[str, LoraFactors]]:
-    """The text-encoder parts of ``files`` combined directly: {"text_encoder" | "text_encoder_2": scale-1 factors}.
+    """The text-encoder ``parts`` (``text_encoder_parts``) combined directly: {"text_encoder" | "text_encoder_2":
+    scale-1 factors}.
 
     Logs a warning when there is anything to combine (the UNet part is what the merge learns mergers for).
     """
-    parts = {n: text_encoder_lora_factors(f, f"{n} LoRA") for n, f in files.items()}
     out = {}
     for te in sorted({te for p in parts.values() for te in p}):
         out[te] = merged_factors({n: p[te] for n, p in parts.items() if te in p}, None, strengths)

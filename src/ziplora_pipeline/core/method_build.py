@@ -16,9 +16,9 @@ from typing import Callable
 
 from .cost import Cost, measure
 from .k_lora import KLoRA
-from .lora_factors import text_encoder_lora_factors, unet_lora_factors
+from .lora_factors import unet_lora_factors
 from .lora_io import LoraFile
-from .merge_export import combined_text_encoders, factors_to_lora_file, merged_factors
+from .merge_export import combined_text_encoders, factors_to_lora_file, merged_factors, text_encoder_parts
 from .methods import MethodSpec
 from .peft_merges import PeftMerger
 
@@ -56,6 +56,7 @@ class MethodBuilder:
                  load_unet: Callable[[], object], device="cpu", unet_config=None):
         self.sources, self.mergers, self.logs, self.device = sources, mergers, logs, device
         self.factors = {n: unet_lora_factors(sources[n], f"{n} LoRA", unet_config) for n in ("subject", "style")}
+        self.text_encoders = text_encoder_parts({n: sources[n] for n in ("subject", "style")})
         self._load_unet, self._merger = load_unet, None
 
     def build(self, spec: MethodSpec) -> tuple[LoraFile | None, dict]:
@@ -80,12 +81,11 @@ class MethodBuilder:
         strengths = {"subject": spec.options.subject_scale, "style": spec.options.style_scale}
         lora = factors_to_lora_file(merged_factors(self.factors, self.mergers, strengths),
                                     description=f"ZipLoRA, strengths {strengths}",
-                                    text_encoders=combined_text_encoders(
-                                        {n: self.sources[n] for n in ("subject", "style")}, strengths, spec.name))
+                                    text_encoders=combined_text_encoders(self.text_encoders, strengths, spec.name))
         return lora, _cost(log=self.logs["ziplora"], file_mb=lora_file_mb(lora))
 
     def _unet_only(self, spec) -> None:
-        if any(text_encoder_lora_factors(self.sources[n], n) for n in ("subject", "style")):
+        if any(self.text_encoders.values()):
             logger.warning("%s: the LoRAs' text-encoder parts are left out (this method is built on the UNet "
                            "parts only); ZipLoRA and the direct merge combine them directly.", spec.name)
 

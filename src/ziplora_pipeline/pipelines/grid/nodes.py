@@ -10,13 +10,13 @@ import time
 from typing import Callable
 
 import numpy as np
-import torch
 from PIL import Image
 
 from ...core.base_model import BaseModelConfig, load_base_pipeline, resolve_device
 from ...core.config_utils import from_dict
 from ...core.contact_sheet import contact_sheet
 from ...core.evaluation import EvaluationConfig
+from ...core.generation import GenerationConfig, PromptItem, generate
 from ...core.grid import GridConfig, concept_template, pair_name, pair_prompts
 from ...core.image_metrics import image_scores, load_encoders
 from ...core.lora_io import LoraFile
@@ -56,18 +56,17 @@ def generate_pair(ziplora: LoraFile, direct_merge: LoraFile, subject_prompt: dic
     concepts = cfg.concepts()
     prompts = pair_prompts(cfg, concepts[subject_prompt["concept"]][1], concepts[style_prompt["concept"]][1])
     pipe = load_base_pipeline(from_dict(BaseModelConfig, base_params, "base_model"), for_inference=True)
-    jobs = [(i, p, s) for i, p in enumerate(prompts) for s in cfg.seeds]
+    # the generation stage's loop: the same batching and per-image seeded generators as the one-pair job
+    gen = GenerationConfig(seeds=cfg.seeds, num_inference_steps=cfg.num_inference_steps,
+                           guidance_scale=cfg.guidance_scale, resolution=cfg.resolution, batch_size=cfg.batch_size)
+    items = [PromptItem("merge", i, p) for i, p in enumerate(prompts)]
     images = {}
     for method, lora in zip(METHODS, (ziplora, direct_merge)):
         t0 = time.perf_counter()
         with lora_applied(pipe, method, lora):
-            for start in range(0, len(jobs), cfg.batch_size):
-                chunk = jobs[start:start + cfg.batch_size]
-                out = pipe(prompt=[p for _, p, _ in chunk], num_inference_steps=cfg.num_inference_steps,
-                           guidance_scale=cfg.guidance_scale, height=cfg.resolution, width=cfg.resolution,
-                           generator=[torch.Generator("cpu").manual_seed(s) for _, _, s in chunk]).images
-                images.update({f"{method}__p{i}__seed{s}": img for (i, _, s), img in zip(chunk, out)})
-        logger.info("%s: %d images with %s in %.1f s", pair, len(jobs), method, time.perf_counter() - t0)
+            out = generate(pipe, items, gen)
+        images.update({f"{method}__p{item.index}__seed{seed}": img for item, seed, img in out})
+        logger.info("%s: %d images with %s in %.1f s", pair, len(out), method, time.perf_counter() - t0)
     return images
 
 

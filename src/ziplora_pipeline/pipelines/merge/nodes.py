@@ -19,7 +19,8 @@ from ...core.lora_factors import check_against_unet, unet_lora_factors  # noqa: 
 from ...core.lora_io import LoraFile, check_family  # noqa: E402
 from ...core.merge import MergeConfig, ziplora_merge  # noqa: E402
 from ...core.merge_analysis import column_alignment, merger_cosines, pruning_effect, sparsity, summarise  # noqa: E402
-from ...core.merge_export import combined_text_encoders, factors_to_lora_file, merged_factors, to_kohya  # noqa: E402
+from ...core.merge_export import (  # noqa: E402
+    combined_text_encoders, factors_to_lora_file, merged_factors, text_encoder_parts, to_kohya)
 from ...core.sdxl import encode_concept, noisy_batch, training_scheduler  # noqa: E402
 from ...tracking import step_logger  # noqa: E402
 
@@ -61,7 +62,8 @@ def zip_merge(subject_lora: LoraFile, style_lora: LoraFile, subject_images: dict
     merged = factors_to_lora_file(
         merged_factors(loras, result.mergers, strengths),
         description=f"ZipLoRA merge of '{subject_prompt['prompt']}' and '{style_prompt['prompt']}'",
-        text_encoders=combined_text_encoders({"subject": subject_lora, "style": style_lora}, strengths, "ZipLoRA merge"))
+        text_encoders=combined_text_encoders(
+            text_encoder_parts({"subject": subject_lora, "style": style_lora}), strengths, "ZipLoRA merge"))
     steps = len(result.history["loss"])
     for name, before, after in (("pool", result.initial, result.final),
                                 ("heldout", result.heldout_initial, result.heldout_final)):
@@ -94,8 +96,9 @@ def direct_merge(subject_lora: LoraFile, style_lora: LoraFile, merge_params: dic
     weights = {"subject": w_c, "style": w_s}
     merged = factors_to_lora_file(merged_factors(loras, None, weights),
                                   description=f"direct merge, weights subject={w_c}, style={w_s}",
-                                  text_encoders=combined_text_encoders({"subject": subject_lora, "style": style_lora},
-                                                                       weights, "direct merge"))
+                                  text_encoders=combined_text_encoders(
+                                      text_encoder_parts({"subject": subject_lora, "style": style_lora}), weights,
+                                      "direct merge"))
     logger.info("Direct merge: weights (%.2f, %.2f), rank %s", w_c, w_s, _ranks(merged))
     return merged, to_kohya(merged)
 
