@@ -1,0 +1,93 @@
+"""Style-LoRA settings against content leakage, without Kedro (core only).
+
+The style LoRA learns from one image (a house in the sketch style). Asked for "a cat in zwx style" it
+should draw a cat in that style; a LoRA that copies its image draws the house instead. For each setting and
+LoRA seed this trains the style LoRA with the project's own ``train_lora`` (as the ``style`` stage does),
+samples ``--samples`` images of objects the image never showed ("a cat/car/cup/tree in zwx style"), and
+prints one JSON line with the attribute judge's two rates:
+
+- ``style_rate``: the judge names the reference style (the issue's check, >= 0.7);
+- ``content_rate``: the judge names the prompted class (1 - leakage; the base model alone on
+  "a <class> in sketch style" is the ceiling, printed once as ``base_content_rate``).
+
+    python benchmarks/style_sweep.py --settings '{}' '{"target_modules": ["attn2.to_k", "attn2.to_v"]}' --seeds 1 2
+
+Every setting is a JSON object of ``style.lora`` keys over conf/base's values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+logger = logging.getLogger("style_sweep")
+OBJECTS = ("cat", "car", "cup", "tree")  # the style image shows a house
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--settings", nargs="+", default=["{}"], help="JSON objects of style.lora overrides")
+    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2], help="LoRA training seeds")
+    p.add_argument("--samples", type=int, default=32)
+    p.add_argument("--sample-seed", type=int, default=20_000)
+    p.add_argument("--base", default=str(ROOT / "data" / "06_models" / "toy_sdxl"))
+    p.add_argument("--judges", default=str(ROOT / "data" / "06_models" / "toy_judges"))
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
+
+    import numpy as np
+    from PIL import Image
+
+    from ziplora_pipeline.core.base_model import BaseModelConfig, load_base_pipeline
+    from ziplora_pipeline.core.config_utils import from_dict
+    from ziplora_pipeline.core.lora_training import LoraTrainingConfig, train_lora
+    from ziplora_pipeline.core.methods import lora_applied
+    from ziplora_pipeline.core.sdxl import encode_concept
+    from ziplora_pipeline.core.toy_world import checks as tc
+    from ziplora_pipeline.core.toy_world.judges import ToyAttributeEncoder
+    from ziplora_pipeline.core.toy_world.render import CLASSES, STYLES
+
+    lora_defaults = yaml.safe_load((ROOT / "conf/base/parameters_style_lora.yml").read_text())["style"]["lora"]
+    image = [Image.open(ROOT / "data/01_raw/styles/sketch/sketch.png").convert("RGB")]
+    attr = ToyAttributeEncoder(str(Path(args.judges) / "attributes"))
+    target = STYLES[int(attr.predict(image)["style"].argmax(-1)[0])]
+    base_cfg = BaseModelConfig(pretrained_model_name_or_path=args.base, miniature_seed=None)
+    pipe = load_base_pipeline(base_cfg, for_inference=True)
+    seeds = [args.sample_seed + k for k in range(args.samples)]
+    objects = [OBJECTS[k % len(OBJECTS)] for k in range(args.samples)]
+
+    def rates(images) -> dict:
+        probs = attr.predict(images)
+        cls = [CLASSES[i] for i in probs["class"].argmax(-1).tolist()]
+        sty = [STYLES[i] for i in probs["style"].argmax(-1).tolist()]
+        return {"style_rate": float(np.mean([s == target for s in sty])),
+                "content_rate": float(np.mean([c == o for c, o in zip(cls, objects)])),
+                "house_rate": float(np.mean([c == "house" for c in cls]))}
+
+    ceiling = rates(tc.sample(pipe, [f"a {o} in {target} style" for o in objects], seeds))
+    print(json.dumps({"base_named_style": target, "base_content_rate": ceiling["content_rate"],
+                      "base_style_rate": ceiling["style_rate"]}), flush=True)
+    for setting in args.settings:
+        overrides = json.loads(setting)
+        for seed in args.seeds:
+            cfg = from_dict(LoraTrainingConfig, {**lora_defaults, "checkpoint_every": 0, **overrides, "seed": seed},
+                            "style.lora")
+            fresh = load_base_pipeline(base_cfg)  # train_lora leaves its adapter on the UNet it trained
+            result = train_lora(fresh, encode_concept(fresh, image, "a house in zwx style"), cfg, "style")
+            del fresh
+            with lora_applied(pipe, "style", result.lora):
+                styled = tc.sample(pipe, [f"a {o} in zwx style" for o in objects], seeds)
+            print(json.dumps({"setting": overrides, "seed": seed, **rates(styled), "n": len(styled),
+                              "train_seconds": round(result.seconds, 1), "target_style": target}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
