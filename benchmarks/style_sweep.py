@@ -11,6 +11,12 @@ prints one JSON line with the attribute judge's two rates:
   "a <class> in sketch style" is the ceiling, printed once as ``base_content_rate``).
 
     python benchmarks/style_sweep.py --settings '{}' '{"target_modules": ["attn2.to_k", "attn2.to_v"]}' --seeds 1 2
+    python benchmarks/style_sweep.py --prior car cup --objects cat tree   # with a prior of other objects (ours)
+
+``--prior OBJ ...`` (ours, DreamBooth's prior preservation carried over to a style LoRA): the base model draws
+``--prior-images`` pictures of "a <OBJ>" (seeds 50,000+), and every optimizer step adds one micro-batch of them
+(in turn per object, caption "a <OBJ>") to the style image's micro-batch, so the LoRA is pulled back towards the
+base model wherever the style image does not speak. Keep ``--objects`` (the judged prompts) disjoint from them.
 
 Every setting is a JSON object of ``style.lora`` keys over conf/base's values.
 """
@@ -39,6 +45,9 @@ def main(argv=None) -> int:
     p.add_argument("--sample-seed", type=int, default=20_000)
     p.add_argument("--base", default=str(ROOT / "data" / "06_models" / "toy_sdxl"))
     p.add_argument("--judges", default=str(ROOT / "data" / "06_models" / "toy_judges"))
+    p.add_argument("--objects", nargs="+", default=list(OBJECTS), help="objects of the judged prompts")
+    p.add_argument("--prior", nargs="*", default=[], help="objects of a prior (see above); none by default")
+    p.add_argument("--prior-images", type=int, default=8)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
 
@@ -61,7 +70,10 @@ def main(argv=None) -> int:
     base_cfg = BaseModelConfig(pretrained_model_name_or_path=args.base, miniature_seed=None)
     pipe = load_base_pipeline(base_cfg, for_inference=True)
     seeds = [args.sample_seed + k for k in range(args.samples)]
-    objects = [OBJECTS[k % len(OBJECTS)] for k in range(args.samples)]
+    objects = [args.objects[k % len(args.objects)] for k in range(args.samples)]
+    assert not set(args.prior) & set(args.objects), "judge objects the prior never drew"
+    priors = {o: tc.sample(pipe, [f"a {o}"] * args.prior_images, [50_000 + k for k in range(args.prior_images)])
+              for o in args.prior}
 
     def rates(images) -> dict:
         probs = attr.predict(images)
@@ -77,14 +89,21 @@ def main(argv=None) -> int:
     for setting in args.settings:
         overrides = json.loads(setting)
         for seed in args.seeds:
-            cfg = from_dict(LoraTrainingConfig, {**lora_defaults, "checkpoint_every": 0, **overrides, "seed": seed},
-                            "style.lora")
+            params = {**lora_defaults, "checkpoint_every": 0, **overrides, "seed": seed}
+            if priors:  # one style micro-batch and one prior micro-batch per optimizer step
+                params["gradient_accumulation_steps"] = 2
+            cfg = from_dict(LoraTrainingConfig, params, "style.lora")
             fresh = load_base_pipeline(base_cfg)  # train_lora leaves its adapter on the UNet it trained
-            result = train_lora(fresh, encode_concept(fresh, image, "a house in zwx style"), cfg, "style")
+            style_inputs = encode_concept(fresh, image, "a house in zwx style")
+            groups = [style_inputs]
+            for o, ims in priors.items():  # groups alternate per micro-batch: [style, prior 1, style, prior 2, ...]
+                groups += ([] if len(groups) == 1 else [style_inputs]) + [encode_concept(fresh, ims, f"a {o}")]
+            result = train_lora(fresh, groups if priors else style_inputs, cfg, "style")
             del fresh
             with lora_applied(pipe, "style", result.lora):
                 styled = tc.sample(pipe, [f"a {o} in zwx style" for o in objects], seeds)
-            print(json.dumps({"setting": overrides, "seed": seed, **rates(styled), "n": len(styled),
+            print(json.dumps({"setting": overrides, "prior": args.prior, "objects": args.objects, "seed": seed,
+                              **rates(styled), "n": len(styled),
                               "train_seconds": round(result.seconds, 1), "target_style": target}), flush=True)
     return 0
 
