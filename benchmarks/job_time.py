@@ -54,7 +54,7 @@ def run_once(project: Path) -> dict:
     env.update(HF_HUB_OFFLINE="1", KEDRO_DISABLE_TELEMETRY="1", DO_NOT_TRACK="1", COLUMNS="400")
     t0 = time.perf_counter()
     proc = subprocess.run([*cmd, "run"], cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True)
+                          text=True, check=False)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"kedro run exited {proc.returncode}:\n{proc.stdout[-6000:]}")
