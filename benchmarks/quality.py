@@ -8,7 +8,8 @@ checks with ``--check-samples`` samples each (core/toy_world/checks.py):
 
 - subject LoRA alone: identity AUROC of "a sks robot" vs the base model's "a robot";
 - style LoRA alone: how often the style judge names the reference style for objects its one
-  image never showed ("a cat/car/cup/tree in zwx style");
+  image never showed ("a cat/car/cup/tree in zwx style"), and how often the attribute judge names the
+  prompted object (``content_rate``) or the class it draws instead (``leaked_class``: content leakage);
 - base model: class and style accuracy on held-out class × colour × style prompts.
 
 Output: logs (Kedro's go to stdout too); the last stdout lines are one JSON line per method ({"method", "subject", "style",
@@ -72,11 +73,11 @@ def checks(n: int) -> list[dict]:
     base, _ = tc.check_base_model(pipe, attr, heldout_prompts(), max(1, n // 12 + 1), 20, 4.0, 64)
     with lora_applied(pipe, "subject", subject):
         lora_robots = tc.sample(pipe, ["a sks robot"] * n, seeds)
-    objects = ["cat", "car", "cup", "tree"]  # the style image shows a house
+    objects = [["cat", "car", "cup", "tree"][k % 4] for k in range(n)]  # the style image shows a house
     with lora_applied(pipe, "style", style):
-        styled = tc.sample(pipe, [f"a {objects[k % 4]} in zwx style" for k in range(n)], seeds)
+        styled = tc.sample(pipe, [f"a {o} in zwx style" for o in objects], seeds)
     return [{"check": "subject_lora_identity_auroc", **tc.subject_separation(ident, lora_robots, base_robots, refs)},
-            {"check": "style_lora_unseen_objects", "target_style": target, **tc.style_transfer_rate(attr, styled, target)},
+            {"check": "style_lora_unseen_objects", "target_style": target, **tc.style_transfer_rate(attr, styled, target, objects)},
             {"check": "base_model_heldout_combinations", **base}]
 
 

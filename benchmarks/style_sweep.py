@@ -8,7 +8,8 @@ prints one JSON line with the attribute judge's two rates:
 
 - ``style_rate``: the judge names the reference style (the issue's check, >= 0.7);
 - ``content_rate``: the judge names the prompted class (1 - leakage; the base model alone on
-  "a <class> in sketch style" is the ceiling, printed once as ``base_content_rate``).
+  "a <class> in sketch style" is the ceiling, printed once as ``base_content_rate``);
+- ``leaked_class`` / ``leaked_rate``: the class drawn most often instead, and how often (the house).
 
     python benchmarks/style_sweep.py --settings '{}' '{"target_modules": ["attn2.to_k", "attn2.to_v"]}' --seeds 1 2
     python benchmarks/style_sweep.py --prior car cup --objects cat tree   # with a prior of other objects (ours)
@@ -51,7 +52,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
 
-    import numpy as np
     from PIL import Image
 
     from ziplora_pipeline.core.base_model import BaseModelConfig, load_base_pipeline
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     from ziplora_pipeline.core.sdxl import encode_concept
     from ziplora_pipeline.core.toy_world import checks as tc
     from ziplora_pipeline.core.toy_world.judges import ToyAttributeEncoder
-    from ziplora_pipeline.core.toy_world.render import CLASSES, STYLES
+    from ziplora_pipeline.core.toy_world.render import STYLES
 
     lora_defaults = yaml.safe_load((ROOT / "conf/base/parameters_style_lora.yml").read_text())["style"]["lora"]
     image = [Image.open(ROOT / "data/01_raw/styles/sketch/sketch.png").convert("RGB")]
@@ -76,12 +76,9 @@ def main(argv=None) -> int:
               for o in args.prior}
 
     def rates(images) -> dict:
-        probs = attr.predict(images)
-        cls = [CLASSES[i] for i in probs["class"].argmax(-1).tolist()]
-        sty = [STYLES[i] for i in probs["style"].argmax(-1).tolist()]
-        return {"style_rate": float(np.mean([s == target for s in sty])),
-                "content_rate": float(np.mean([c == o for c, o in zip(cls, objects)])),
-                "house_rate": float(np.mean([c == "house" for c in cls]))}
+        r = tc.style_transfer_rate(attr, images, target, objects)
+        return {"style_rate": r["rate"], "content_rate": r["content_rate"], "leaked_class": r.get("leaked_class"),
+                "leaked_rate": r.get("leaked_rate", 0.0)}
 
     ceiling = rates(tc.sample(pipe, [f"a {o} in {target} style" for o in objects], seeds))
     print(json.dumps({"base_named_style": target, "base_content_rate": ceiling["content_rate"],

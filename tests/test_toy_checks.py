@@ -32,6 +32,10 @@ def test_style_rate_on_renders_of_the_target_style(attributes):
     neon = [render(random_pose(rng, Scene(random_instance(rng, c), style="neon"))) for c in ("cat", "car", "cup") * 4]
     assert style_transfer_rate(attributes, neon, "neon")["rate"] >= 0.9
     assert style_transfer_rate(attributes, neon, "dots")["rate"] <= 0.1
+    prompted = ["cat", "car", "cup"] * 4
+    assert style_transfer_rate(attributes, neon, "neon", prompted)["content_rate"] >= 0.9
+    leaky = style_transfer_rate(attributes, neon, "neon", ["house"] * 12)  # every prompt asked for a house
+    assert leaky["content_rate"] <= 0.1 and leaky["leaked_class"] in ("cat", "car", "cup") and leaky["leaked_rate"] > 0.2
 
 
 def test_reconstruction_check_reports_the_ceiling(attributes, fresh_pipe):

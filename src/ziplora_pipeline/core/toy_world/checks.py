@@ -69,13 +69,26 @@ def subject_separation(identity, lora_images: list, base_images: list, refs: lis
             "n": len(pos)}
 
 
-def style_transfer_rate(judge, images: list, style: str) -> dict:
-    """How often the style judge names ``style`` for images prompted "a <class> in zwx style"."""
-    from .render import STYLES
+def style_transfer_rate(judge, images: list, style: str, objects: list[str] | None = None) -> dict:
+    """How often the style judge names ``style`` for images prompted "a <class> in zwx style".
 
-    called = [STYLES[i] for i in judge.predict(images)["style"].argmax(-1).tolist()]
+    With ``objects`` (the class each image was prompted with) also how often the judge names that class
+    (``content_rate``) and how often the class it names most (``leaked_class``, e.g. the style image's
+    house) instead: a style LoRA that copies its one image's content draws that for every prompt."""
+    from .render import CLASSES, STYLES
+
+    probs = judge.predict(images)
+    called = [STYLES[i] for i in probs["style"].argmax(-1).tolist()]
     counts = {s: called.count(s) for s in STYLES if called.count(s)}
-    return {"rate": float(np.mean([c == style for c in called])), "n": len(images), "called": counts}
+    out = {"rate": float(np.mean([c == style for c in called])), "n": len(images), "called": counts}
+    if objects is not None:
+        drawn = [CLASSES[i] for i in probs["class"].argmax(-1).tolist()]
+        wrong = [d for d, o in zip(drawn, objects) if d != o]
+        out["content_rate"] = float(np.mean([d == o for d, o in zip(drawn, objects)]))
+        if wrong:
+            top = max(set(wrong), key=wrong.count)
+            out["leaked_class"], out["leaked_rate"] = top, wrong.count(top) / len(images)
+    return out
 
 
 def reconstruction_check(vae, judge, n: int, seed: int, size: int) -> dict:
