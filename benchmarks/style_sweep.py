@@ -14,6 +14,11 @@ prints one JSON line with the attribute judge's two rates:
     python benchmarks/style_sweep.py --settings '{}' '{"target_modules": ["attn2.to_k", "attn2.to_v"]}' --seeds 1 2
     python benchmarks/style_sweep.py --prior car cup --objects cat tree   # with a prior of other objects (ours)
 
+``--round2 OBJ ...`` (ours, after StyleDrop's iterative training): the first LoRA draws ``--round2-images``
+pictures of "a <OBJ> in zwx style"; the base model itself, used as a diffusion classifier (lower denoising
+loss under "a <OBJ>" than under "a house" on the same noise draws; no judge of the evaluation), keeps those
+that show the object; a second LoRA is trained from scratch on the style image and the kept pictures in turn.
+
 ``--prior OBJ ...`` (ours, DreamBooth's prior preservation carried over to a style LoRA): the base model draws
 ``--prior-images`` pictures of "a <OBJ>" (seeds 50,000+), and every optimizer step adds one micro-batch of them
 (in turn per object, caption "a <OBJ>") to the style image's micro-batch, so the LoRA is pulled back towards the
@@ -49,6 +54,9 @@ def main(argv=None) -> int:
     p.add_argument("--objects", nargs="+", default=list(OBJECTS), help="objects of the judged prompts")
     p.add_argument("--prior", nargs="*", default=[], help="objects of a prior (see above); none by default")
     p.add_argument("--prior-images", type=int, default=8)
+    p.add_argument("--round2", nargs="*", default=[],
+                   help="objects of a second round (StyleDrop-like, see above); none by default")
+    p.add_argument("--round2-images", type=int, default=16, help="first-round samples per object")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
 
@@ -71,7 +79,7 @@ def main(argv=None) -> int:
     pipe = load_base_pipeline(base_cfg, for_inference=True)
     seeds = [args.sample_seed + k for k in range(args.samples)]
     objects = [args.objects[k % len(args.objects)] for k in range(args.samples)]
-    assert not set(args.prior) & set(args.objects), "judge objects the prior never drew"
+    assert not (set(args.prior) | set(args.round2)) & set(args.objects), "judge objects training never drew"
     priors = {o: tc.sample(pipe, [f"a {o}"] * args.prior_images, [50_000 + k for k in range(args.prior_images)])
               for o in args.prior}
 
@@ -97,12 +105,63 @@ def main(argv=None) -> int:
                 groups += ([] if len(groups) == 1 else [style_inputs]) + [encode_concept(fresh, ims, f"a {o}")]
             result = train_lora(fresh, groups if priors else style_inputs, cfg, "style")
             del fresh
+            kept = {}
+            if args.round2:
+                result, kept = second_round(pipe, base_cfg, cfg, image, result.lora, args.round2,
+                                            args.round2_images)
             with lora_applied(pipe, "style", result.lora):
                 styled = tc.sample(pipe, [f"a {o} in zwx style" for o in objects], seeds)
-            print(json.dumps({"setting": overrides, "prior": args.prior, "objects": args.objects, "seed": seed,
+            print(json.dumps({"setting": overrides, "prior": args.prior, "round2_kept": kept,
+                              "objects": args.objects, "seed": seed,
                               **rates(styled), "n": len(styled),
                               "train_seconds": round(result.seconds, 1), "target_style": target}), flush=True)
     return 0
+
+
+def diffusion_classify(pipe, images, prompts: list[str], draws: int = 16, seed: int = 0) -> list[int]:
+    """Index into ``prompts`` of the prompt under which the base UNet denoises each image best (mean MSE over
+    ``draws`` noise levels and noises, the same draws for every prompt): the base model as a zero-shot classifier."""
+    import torch
+
+    from ziplora_pipeline.core.lora_training import diffusion_loss
+    from ziplora_pipeline.core.sdxl import encode_concept, training_scheduler
+
+    scheduler, out = training_scheduler(pipe), []
+    for img in images:
+        losses = []
+        for prompt in prompts:
+            inputs = encode_concept(pipe, [img], prompt)
+            with torch.no_grad():
+                losses.append(float(diffusion_loss(pipe.unet, scheduler, inputs, torch.zeros(draws, dtype=torch.long),
+                                                   torch.Generator().manual_seed(seed))))
+        out.append(min(range(len(prompts)), key=losses.__getitem__))
+    return out
+
+
+def second_round(pipe, base_cfg, cfg, image, lora, objects: list[str], n: int):
+    """Sample each object with the first LoRA, keep what the base model classifies as that object, retrain."""
+    from ziplora_pipeline.core.base_model import load_base_pipeline
+    from ziplora_pipeline.core.lora_training import train_lora
+    from ziplora_pipeline.core.methods import lora_applied
+    from ziplora_pipeline.core.sdxl import encode_concept
+    from ziplora_pipeline.core.toy_world import checks as tc
+
+    kept = {}
+    with lora_applied(pipe, "style", lora):
+        drawn = {o: tc.sample(pipe, [f"a {o} in zwx style"] * n, [60_000 + k for k in range(n)]) for o in objects}
+    for o, ims in drawn.items():
+        calls = diffusion_classify(pipe, ims, [f"a {o}", "a house"])
+        kept[o] = [im for im, c in zip(ims, calls) if c == 0]
+    fresh = load_base_pipeline(base_cfg)
+    style_inputs = encode_concept(fresh, image, "a house in zwx style")
+    groups = []
+    for o, ims in kept.items():  # [style, object 1, style, object 2, ...]: the style image half the steps
+        if ims:
+            groups += [style_inputs, encode_concept(fresh, ims, f"a {o} in zwx style")]
+    import dataclasses
+
+    result = train_lora(fresh, groups or style_inputs, dataclasses.replace(cfg, steps=cfg.steps * 2), "style")
+    return result, {o: len(ims) for o, ims in kept.items()}
 
 
 if __name__ == "__main__":
