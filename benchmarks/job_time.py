@@ -19,46 +19,22 @@ import json
 import logging
 import os
 import re
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 logger = logging.getLogger("benchmarks.job_time")
-ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from scratch_project import copy_project, kedro  # noqa: E402
+
 BUDGET_S = 300
 
 
-def scratch_project(root: Path) -> Path:
-    """conf (without local), pyproject, sample data and the committed toy model and judges."""
-    sys.path.insert(0, str(ROOT / "src"))
-    from ziplora_pipeline.sample_data import write_sample_data
-
-    shutil.copytree(ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
-    (root / "conf" / "local").mkdir()
-    shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
-    (root / "src").mkdir()
-    write_sample_data(root / "data" / "01_raw")
-    for folder in ("toy_sdxl", "toy_judges"):
-        shutil.copytree(ROOT / "data" / "06_models" / folder, root / "data" / "06_models" / folder)
-    return root
-
-
 def run_once(project: Path) -> dict:
-    kedro = Path(sys.executable).with_name("kedro")
-    cmd = [str(kedro)] if kedro.exists() else [sys.executable, "-m", "kedro"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(HF_HUB_OFFLINE="1", KEDRO_DISABLE_TELEMETRY="1", DO_NOT_TRACK="1", COLUMNS="400")
-    t0 = time.perf_counter()
-    proc = subprocess.run([*cmd, "run"], cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, check=False)
-    seconds = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"kedro run exited {proc.returncode}:\n{proc.stdout[-6000:]}")
-    text = re.sub(r"\s+", " ", proc.stdout)  # rich wraps long log lines
+    out, seconds = kedro(project, "run", env={"COLUMNS": "400"})
+    text = re.sub(r"\s+", " ", out)  # rich wraps long log lines
     stages = {f"{c}_lora": float(s) for c, s in re.findall(r"Trained (\w+) LoRA: .*? in ([\d.]+) s", text)}
     if m := re.search(r"ZipLoRA merge: \d+ steps in ([\d.]+) s", text):
         stages["ziplora_merge"] = float(m.group(1))
@@ -73,7 +49,7 @@ def main() -> None:
     runs = []
     with tempfile.TemporaryDirectory(prefix="job_time_") as work:
         for k in range(args.repeats):
-            project = scratch_project(Path(work) / f"run{k}")  # each run from a fresh catalog
+            project = copy_project(Path(work) / f"run{k}", models=("toy_sdxl", "toy_judges"))  # a fresh catalog
             runs.append(run_once(project))
             logger.info("run %d: %.0f s %s", k + 1, runs[-1]["seconds"], runs[-1]["stages"])
     secs = [r["seconds"] for r in runs]

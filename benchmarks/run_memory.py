@@ -25,10 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,42 +36,26 @@ logger = logging.getLogger("benchmarks.run_memory")
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
+from scratch_project import copy_project  # noqa: E402
+from scratch_project import kedro as run_kedro  # noqa: E402
 from train_step import MODELS, QUICK_MODELS  # noqa: E402  (the same large spec as the step benchmarks)
 
 PEAK = re.compile(r"(\S+): peak memory resident \(CPU\) ([\d.]+) GB.*?\(([\d.]+) GB resident at its start\)")
 
 
 def scratch_project(root: Path, spec: dict) -> Path:
-    """conf/, pyproject.toml, sample data, the toy judges, and the bench model: a project that has never run."""
+    """A scratch project (``scratch_project.copy_project``, samples at 128 px) with the bench model built in it."""
     from ziplora_pipeline.core.miniature import MiniatureSpec, write_miniature_sdxl
-    from ziplora_pipeline.sample_data import write_sample_data
 
-    shutil.copytree(ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
-    (root / "conf" / "local").mkdir()
-    for name in ("pyproject.toml", ".telemetry"):
-        if (ROOT / name).exists():
-            shutil.copy(ROOT / name, root / name)
-    (root / "src").mkdir()  # bootstrap_project requires the source dir to exist
-    write_sample_data(root / "data" / "01_raw", size=128)
-    shutil.copytree(ROOT / "data" / "06_models" / "toy_judges", root / "data" / "06_models" / "toy_judges")
+    copy_project(root, sample_size=128)
     write_miniature_sdxl(root / "data" / "02_intermediate" / "bench_sdxl", MiniatureSpec(**spec))
     return root
 
 
 def kedro(project: Path, *args: str, release: bool = True) -> tuple[dict[str, float], dict[str, float], float]:
     """Run kedro; return ({node: peak resident GB}, {node: resident GB at its start}, wall seconds)."""
-    kedro_bin = Path(sys.executable).with_name("kedro")
-    cmd = [str(kedro_bin) if kedro_bin.exists() else sys.executable, *([] if kedro_bin.exists() else ["-m", "kedro"])]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(HF_HUB_OFFLINE="1", KEDRO_DISABLE_TELEMETRY="1", DO_NOT_TRACK="1", COLUMNS="250")
-    if not release:
-        env["ZIPLORA_NO_RELEASE"] = "1"
-    start = time.perf_counter()
-    proc = subprocess.run([*cmd, "run", "--env", "bench", *args], cwd=project, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    out = proc.stdout + proc.stderr
-    if proc.returncode != 0:
-        raise SystemExit(f"kedro run {' '.join(args)} failed ({proc.returncode}):\n{out[-5000:]}")
+    out, seconds = run_kedro(project, "run", "--env", "bench", *args,
+                             env=None if release else {"ZIPLORA_NO_RELEASE": "1"})
     peaks = {m[1]: float(m[2]) for m in PEAK.finditer(out)}
     starts = {m[1]: float(m[3]) for m in PEAK.finditer(out)}
     if not peaks:

@@ -100,10 +100,8 @@ def main(argv=None) -> int:
             cfg = from_dict(LoraTrainingConfig, params, "style.lora")
             fresh = load_base_pipeline(base_cfg)  # train_lora leaves its adapter on the UNet it trained
             style_inputs = encode_concept(fresh, image, "a house in zwx style")
-            groups = [style_inputs]
-            for o, ims in priors.items():  # groups alternate per micro-batch: [style, prior 1, style, prior 2, ...]
-                groups += ([] if len(groups) == 1 else [style_inputs]) + [encode_concept(fresh, ims, f"a {o}")]
-            result = train_lora(fresh, groups if priors else style_inputs, cfg, "style")
+            groups = alternate(style_inputs, [encode_concept(fresh, ims, f"a {o}") for o, ims in priors.items()])
+            result = train_lora(fresh, groups, cfg, "style")
             del fresh
             kept = {}
             if args.round2:
@@ -118,6 +116,12 @@ def main(argv=None) -> int:
     return 0
 
 
+def alternate(style_inputs, others: list) -> list | object:
+    """Training groups [style, other 1, style, other 2, ...] (``train_lora`` takes one group per micro-batch in
+    turn, so the style image gets half of them); the style inputs alone when there are no others."""
+    return [g for other in others for g in (style_inputs, other)] or style_inputs
+
+
 def diffusion_classify(pipe, images, prompts: list[str], draws: int = 16, seed: int = 0) -> list[int]:
     """Index into ``prompts`` of the prompt under which the base UNet denoises each image best (mean MSE over
     ``draws`` noise levels and noises, the same draws for every prompt): the base model as a zero-shot classifier."""
@@ -126,16 +130,15 @@ def diffusion_classify(pipe, images, prompts: list[str], draws: int = 16, seed: 
     from ziplora_pipeline.core.lora_training import diffusion_loss
     from ziplora_pipeline.core.sdxl import encode_concept, training_scheduler
 
-    scheduler, out = training_scheduler(pipe), []
-    for img in images:
-        losses = []
-        for prompt in prompts:
-            inputs = encode_concept(pipe, [img], prompt)
-            with torch.no_grad():
-                losses.append(float(diffusion_loss(pipe.unet, scheduler, inputs, torch.zeros(draws, dtype=torch.long),
-                                                   torch.Generator().manual_seed(seed))))
-        out.append(min(range(len(prompts)), key=losses.__getitem__))
-    return out
+    scheduler = training_scheduler(pipe)
+    encoded = [encode_concept(pipe, images, prompt) for prompt in prompts]  # every image's latents, once per prompt
+    losses = torch.zeros(len(images), len(prompts))
+    with torch.no_grad():
+        for i in range(len(images)):
+            idx = torch.full((draws,), i, dtype=torch.long)
+            for j, inputs in enumerate(encoded):
+                losses[i, j] = diffusion_loss(pipe.unet, scheduler, inputs, idx, torch.Generator().manual_seed(seed))
+    return losses.argmin(dim=1).tolist()
 
 
 def second_round(pipe, base_cfg, cfg, image, lora, objects: list[str], n: int):
@@ -154,13 +157,10 @@ def second_round(pipe, base_cfg, cfg, image, lora, objects: list[str], n: int):
         kept[o] = [im for im, c in zip(ims, calls) if c == 0]
     fresh = load_base_pipeline(base_cfg)
     style_inputs = encode_concept(fresh, image, "a house in zwx style")
-    groups = []
-    for o, ims in kept.items():  # [style, object 1, style, object 2, ...]: the style image half the steps
-        if ims:
-            groups += [style_inputs, encode_concept(fresh, ims, f"a {o} in zwx style")]
+    groups = alternate(style_inputs, [encode_concept(fresh, ims, f"a {o} in zwx style") for o, ims in kept.items() if ims])
     import dataclasses
 
-    result = train_lora(fresh, groups or style_inputs, dataclasses.replace(cfg, steps=cfg.steps * 2), "style")
+    result = train_lora(fresh, groups, dataclasses.replace(cfg, steps=cfg.steps * 2), "style")
     return result, {o: len(ims) for o, ims in kept.items()}
 
 

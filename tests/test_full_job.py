@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 REQUIRED = ["method", "subject_fidelity", "style_fidelity", "clip_style", "dino_subject", "clip_text", "harmonic",
             "merge_seconds", "peak_mb"]
-BUDGET_S = 300  # subprocess timeout is twice this
+TIMEOUT_S = 600  # per kedro subprocess; the default job's time is benchmarks/job_time.py's
 # Fewer LoRA steps than the defaults (1000 / 300 / 1300): the LoRAs' 160 s are most of the default job's time, and
 # what these tests check (every stage wired, every method reported, reruns, MLflow) does not depend on them.
 FEWER_STEPS = "subject.lora.steps=150,style.lora.steps=60,joint.lora.steps=210"
@@ -40,7 +40,7 @@ def _kedro(project: Path, *args: str, check: bool = True) -> tuple[subprocess.Co
     env.update(HF_HUB_OFFLINE="1", KEDRO_DISABLE_TELEMETRY="1", DO_NOT_TRACK="1", COLUMNS="200")
     t0 = time.perf_counter()
     proc = subprocess.run([*cmd, *args], cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=2 * BUDGET_S)
+                          text=True, timeout=TIMEOUT_S)
     if check and proc.returncode != 0:
         pytest.fail(f"kedro {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-12000:]}")
     return proc, time.perf_counter() - t0
