@@ -24,7 +24,13 @@ that show the object; a second LoRA is trained from scratch on the style image a
 (in turn per object, caption "a <OBJ>") to the style image's micro-batch, so the LoRA is pulled back towards the
 base model wherever the style image does not speak. Keep ``--objects`` (the judged prompts) disjoint from them.
 
-Every setting is a JSON object of ``style.lora`` keys over conf/base's values.
+``--crops N`` (ours; diffusers' DreamBooth scripts offer the same augmentation): train on N random resized
+crops (scale ``--crop-scale``) with random horizontal flips of the one style image instead of the image itself.
+
+Every setting is a JSON object of ``style.lora`` keys over conf/base's values, plus ``blocks`` (ours, after
+B-LoRA's finding that SDXL's style and layout sit in different blocks): a list of UNet block prefixes
+(``up_blocks.1``, ``mid_block``) to which ``target_modules`` is restricted. ``timestep_range: [lo, hi]`` trains
+on those timesteps only (``LoraTrainingConfig``).
 """
 
 from __future__ import annotations
@@ -57,6 +63,8 @@ def main(argv=None) -> int:
     p.add_argument("--round2", nargs="*", default=[],
                    help="objects of a second round (StyleDrop-like, see above); none by default")
     p.add_argument("--round2-images", type=int, default=16, help="first-round samples per object")
+    p.add_argument("--crops", type=int, default=0, help="train on N random resized crops + flips (0: the image)")
+    p.add_argument("--crop-scale", nargs=2, type=float, default=[0.35, 1.0], help="crop area range")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
 
@@ -93,13 +101,17 @@ def main(argv=None) -> int:
                       "base_style_rate": ceiling["style_rate"]}), flush=True)
     for setting in args.settings:
         overrides = json.loads(setting)
+        blocks = overrides.pop("blocks", None)
         for seed in args.seeds:
             params = {**lora_defaults, "checkpoint_every": 0, **overrides, "seed": seed}
+            if blocks:
+                params["target_modules"] = block_modules(pipe.unet, blocks, params["target_modules"])
             if priors:  # one style micro-batch and one prior micro-batch per optimizer step
                 params["gradient_accumulation_steps"] = 2
             cfg = from_dict(LoraTrainingConfig, params, "style.lora")
             fresh = load_base_pipeline(base_cfg)  # train_lora leaves its adapter on the UNet it trained
-            style_inputs = encode_concept(fresh, image, "a house in zwx style")
+            train_images = random_crops(image[0], args.crops, args.crop_scale, seed) if args.crops else image
+            style_inputs = encode_concept(fresh, train_images, "a house in zwx style")
             groups = alternate(style_inputs, [encode_concept(fresh, ims, f"a {o}") for o, ims in priors.items()])
             result = train_lora(fresh, groups, cfg, "style")
             del fresh
@@ -109,11 +121,41 @@ def main(argv=None) -> int:
                                             args.round2_images)
             with lora_applied(pipe, "style", result.lora):
                 styled = tc.sample(pipe, [f"a {o} in zwx style" for o in objects], seeds)
-            print(json.dumps({"setting": overrides, "prior": args.prior, "round2_kept": kept,
+            print(json.dumps({"setting": {**overrides, **({"blocks": blocks} if blocks else {})},
+                              "crops": args.crops, "crop_scale": args.crop_scale if args.crops else None, "prior": args.prior, "round2_kept": kept,
                               "objects": args.objects, "seed": seed,
                               **rates(styled), "n": len(styled),
                               "train_seconds": round(result.seconds, 1), "target_style": target}), flush=True)
     return 0
+
+
+def block_modules(unet, blocks: list[str], suffixes: list[str]) -> list[str]:
+    """Full names of the UNet's Linear modules under ``blocks`` whose name ends with one of ``suffixes``
+    (peft matches a full name exactly, so the LoRA goes on those layers only)."""
+    import torch
+
+    names = [n for n, m in unet.named_modules() if isinstance(m, torch.nn.Linear)
+             and any(n.startswith(b + ".") for b in blocks) and any(n.endswith("." + s) for s in suffixes)]
+    assert names, f"no {suffixes} layers under {blocks}"
+    return names
+
+
+def random_crops(image, n: int, scale: tuple[float, float], seed: int) -> list:
+    """``n`` random resized crops (area fraction in ``scale``, aspect 3/4-4/3) with random flips, at the image's size."""
+    import math
+    import random
+
+    from PIL import Image
+
+    rng, (w, h), out = random.Random(seed), image.size, []
+    for _ in range(n):
+        area = rng.uniform(*scale) * w * h
+        ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        cw, ch = min(w, round(math.sqrt(area * ratio))), min(h, round(math.sqrt(area / ratio)))
+        x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        crop = image.crop((x, y, x + cw, y + ch)).resize((w, h), Image.BICUBIC)
+        out.append(crop.transpose(Image.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else crop)
+    return out
 
 
 def alternate(style_inputs, others: list) -> list | object:

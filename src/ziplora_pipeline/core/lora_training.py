@@ -43,6 +43,10 @@ class LoraTrainingConfig:
     checkpoint_every: int = 10  # steps between resumable checkpoints; 0 disables
     cache_latents: bool = True  # encode images/prompts once (False re-encodes each step: benchmark only)
     optimizer: str = "adamw"  # adamw | adamw8bit (bitsandbytes, CUDA only; saves optimizer memory)
+    # Ours (the paper samples t over the whole schedule): train only on timesteps [lo, hi). Layout is set at
+    # high noise and texture at low noise, so a style LoRA trained on low t alone has no say in where and
+    # what the object is (benchmarks/style_sweep.py measures the content leakage this removes). null: all t.
+    timestep_range: tuple[int, int] | None = None
 
     def __post_init__(self):
         require(self.rank > 0, f"lora.rank must be a positive integer, got {self.rank}. Typical: 4-128.")
@@ -56,6 +60,9 @@ class LoraTrainingConfig:
                 f"lora.mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}.")
         require(len(self.target_modules) > 0, "lora.target_modules must name at least one module.")
         require(self.optimizer in ("adamw", "adamw8bit"), f"lora.optimizer must be adamw or adamw8bit, got {self.optimizer!r}.")
+        require(self.timestep_range is None or (len(self.timestep_range) == 2
+                                                and 0 <= self.timestep_range[0] < self.timestep_range[1]),
+                f"lora.timestep_range must be null or [lo, hi] with 0 <= lo < hi, got {self.timestep_range!r}.")
 
     @property
     def lora_alpha(self) -> float:
@@ -90,10 +97,11 @@ def add_lora_adapter(unet, cfg: LoraTrainingConfig, adapter_name: str) -> list[t
     return params
 
 
-def diffusion_loss(unet, scheduler, inputs: ConceptInputs, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """DreamBooth objective: MSE between the UNet's prediction and the diffusion target."""
+def diffusion_loss(unet, scheduler, inputs: ConceptInputs, idx: torch.Tensor, generator: torch.Generator,
+                   t_range: tuple[int, int] | None = None) -> torch.Tensor:
+    """DreamBooth objective: MSE between the UNet's prediction and the diffusion target (t in ``t_range``)."""
     latents = inputs.sample_latents(idx, generator)  # (B, C, h, w)
-    noisy, noise, t = noisy_batch(scheduler, latents, generator)
+    noisy, noise, t = noisy_batch(scheduler, latents, generator, t_range)
     pred = unet_predict(unet, noisy, t, inputs)
     return F.mse_loss(pred.float(), diffusion_target(scheduler, latents, noise, t).float())
 
@@ -197,7 +205,7 @@ def _optimizer_step(accelerator, model, optimizer, params, scheduler, get_inputs
         idx = torch.randint(0, inputs.latent_mean.shape[0], (cfg.batch_size,), generator=generator)
         sync = contextlib.nullcontext() if micro == k - 1 else accelerator.no_sync(model)  # all-reduce once
         with sync, accelerator.autocast():
-            loss = diffusion_loss(model, scheduler, inputs, idx, generator)
+            loss = diffusion_loss(model, scheduler, inputs, idx, generator, cfg.timestep_range)
             accelerator.backward(loss / k)
         total += loss.item() / k
     accelerator.clip_grad_norm_(params, cfg.max_grad_norm)

@@ -3,8 +3,8 @@
 - column alignment: per layer, mean |cos| between the j-th columns of ΔW_c and ΔW_s
   (Observation 3: aligned columns are what a direct merge sums destructively);
 - merger overlap: per layer |cos(m_c, m_s)| before (all ones) and after the merge (Fig. 3b);
-- sparsity: fraction of |ΔW| entries below fractions of the layer's max, and the change of the
-  UNet's output when each layer's smallest 50/80/90 % entries are zeroed (Observation 2).
+- sparsity: fraction of |ΔW| entries below fractions of the layer's max (the output change when the
+  smallest 50/80/90 % entries are zeroed, per layer group, is in ``premises.py``; Observation 2).
 Dense ΔW are formed here, one layer at a time and outside any training loop.
 """
 
@@ -52,6 +52,8 @@ def prune_smallest(delta: torch.Tensor, fraction: float) -> torch.Tensor:
     """Zero the ``fraction`` smallest-magnitude entries of ``delta``."""
     if fraction <= 0:
         return delta
+    if fraction >= 1:
+        return torch.zeros_like(delta)
     k = int(fraction * delta.numel())
     if k == 0:
         return delta
@@ -60,17 +62,21 @@ def prune_smallest(delta: torch.Tensor, fraction: float) -> torch.Tensor:
 
 
 @contextmanager
-def dense_delta_applied(unet, factors: dict[str, LoraFactors], fraction: float = 0.0):
-    """Temporarily add (pruned) ΔW to the UNet's weights; restore them exactly afterwards."""
+def dense_delta_applied(unet, factors: dict[str, LoraFactors], fraction: float | dict[str, float] = 0.0):
+    """Temporarily add (pruned) ΔW to the UNet's weights; restore them exactly afterwards.
+
+    ``fraction``: the share of each layer's smallest |ΔW| entries zeroed, one for all layers or per layer path
+    (missing paths 0; 1.0 removes that layer's ΔW)."""
     modules = dict(unet.named_modules())
     saved = {}
     with torch.no_grad():
         for path, f in factors.items():
             w = modules[path].weight
             saved[path] = w.detach().clone()
+            fr = fraction.get(path, 0.0) if isinstance(fraction, dict) else fraction
             # W + ΔW summed in fp32 and rounded once to the UNet's dtype (adding a bf16-cast ΔW rounded twice and
             # dropped small entries); entries below half an ulp of W still vanish in a bf16 UNet.
-            delta = prune_smallest(f.delta().float(), fraction).to(w.device)
+            delta = prune_smallest(f.delta().float(), fr).to(w.device)
             w.copy_((w.float() + delta.reshape(w.shape)).to(w.dtype))  # a 1×1 conv's (out, in, 1, 1) kernel
     try:
         yield unet
@@ -80,28 +86,10 @@ def dense_delta_applied(unet, factors: dict[str, LoraFactors], fraction: float =
                 modules[path].weight.copy_(w0)
 
 
-@torch.no_grad()
-def pruning_effect(unet, factors: dict[str, LoraFactors], predict, fractions=(0.5, 0.8, 0.9)) -> dict[str, float]:
-    """Relative output change ‖ε_pruned − ε_full‖ / ‖ε_full − ε_base‖ when pruning each ΔW.
-
-    ``predict(unet) -> tensor`` runs the UNet on fixed inputs; 0 means pruning changed nothing
-    the LoRA did, 1 means as large as removing the LoRA altogether.
-    """
-    base = predict(unet).float()
-    with dense_delta_applied(unet, factors):
-        full = predict(unet).float()
-    effect = (full - base).norm().clamp_min(1e-12)
-    out = {}
-    for fr in fractions:
-        with dense_delta_applied(unet, factors, fr):
-            out[f"prune_{int(fr * 100)}pct"] = ((predict(unet).float() - full).norm() / effect).item()
-    return out
-
-
 def summarise(values: dict[str, float]) -> dict[str, float]:
     v = torch.tensor(list(values.values())) if values else torch.zeros(1)
     return {"mean": v.mean().item(), "min": v.min().item(), "max": v.max().item(), "layers": len(values)}
 
 
-__all__ = ["column_alignment", "merger_cosines", "sparsity", "pruning_effect", "summarise", "prune_smallest",
+__all__ = ["column_alignment", "merger_cosines", "sparsity", "summarise", "prune_smallest",
            "dense_delta_applied"]

@@ -18,10 +18,13 @@ from ...core.cost import measure  # noqa: E402
 from ...core.lora_factors import check_against_unet, unet_lora_factors  # noqa: E402
 from ...core.lora_io import LoraFile, check_family  # noqa: E402
 from ...core.merge import MergeConfig, ziplora_merge  # noqa: E402
-from ...core.merge_analysis import column_alignment, merger_cosines, pruning_effect, sparsity, summarise  # noqa: E402
+from ...core.fidelity import make_probe, predict  # noqa: E402
+from ...core.merge_analysis import column_alignment, merger_cosines, sparsity, summarise  # noqa: E402
+from ...core.premises import (  # noqa: E402
+    PREMISE_DRAWS, PREMISE_SEED, column_alignment_by_group, premises_table, sparsity_by_group)
 from ...core.merge_export import (  # noqa: E402
     combined_text_encoders, factors_to_lora_file, merged_factors, text_encoder_parts, to_kohya)
-from ...core.sdxl import encode_concept, noisy_batch, training_scheduler  # noqa: E402
+from ...core.sdxl import encode_concept, training_scheduler  # noqa: E402
 from ...tracking import step_logger  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -109,34 +112,47 @@ def _ranks(lora: LoraFile) -> dict:
 
 
 def analyse_merge(subject_lora: LoraFile, style_lora: LoraFile, mergers: dict[str, torch.Tensor],
-                  subject_images: dict[str, Image.Image], subject_prompt: dict,
-                  base_params: dict) -> tuple[dict, plt.Figure]:
-    """Column alignment, merger overlap before/after, sparsity and pruning effect (paper §3)."""
+                  subject_images: dict[str, Image.Image], subject_prompt: dict, style_images: dict[str, Image.Image],
+                  style_prompt: dict, base_params: dict) -> tuple[dict, plt.Figure]:
+    """Column alignment, merger overlap before/after, sparsity and the paper's two premises per layer group
+    (§3: sparsity and column alignment with its shuffled chance level, core/premises.py)."""
     pipe = load_base_pipeline(from_dict(BaseModelConfig, base_params, "base_model"))
     loras = _factors(subject_lora, style_lora, pipe)
     align = column_alignment(loras["subject"], loras["style"])
     after = merger_cosines(mergers, NAMES)
-    inputs = encode_concept(pipe, [subject_images[k] for k in sorted(subject_images)], subject_prompt["prompt"])
-    g = torch.Generator().manual_seed(0)
-    noisy, _, t = noisy_batch(training_scheduler(pipe), inputs.sample_latents(torch.arange(1), g), g)
-
-    def predict(unet):
-        from ...core.sdxl import unet_predict
-
-        return unet_predict(unet, noisy, t, inputs)
-
+    # Each LoRA on held-out draws of its own concept (seed PREMISE_SEED, which no merge or evaluation draw uses).
+    probes = {n: make_probe(pipe, [imgs[k] for k in sorted(imgs)], prompt["prompt"], PREMISE_DRAWS, PREMISE_SEED)
+              for n, imgs, prompt in (("subject", subject_images, subject_prompt), ("style", style_images, style_prompt))}
+    by_group = {n: sparsity_by_group(pipe.unet, loras[n], lambda unet, n=n: predict(unet, probes[n]))
+                for n in NAMES}
+    alignment = column_alignment_by_group(loras["subject"], loras["style"])
     report = {
         "column_alignment": {"per_layer": align, **summarise(align)},
         "merger_abs_cos": {"before": 1.0, "after": summarise(after), "per_layer_after": after},
         "sparsity": {n: sparsity(f) for n, f in loras.items()},
-        "pruning_output_change": {n: pruning_effect(pipe.unet, f, predict) for n, f in loras.items()},
+        "pruning_output_change": {n: {k: v for k, v in by_group[n]["all"].items() if k.startswith("prune_")}
+                                  for n in NAMES},
+        "premises": {"draws": PREMISE_DRAWS, "seed": PREMISE_SEED, "column_alignment": alignment,
+                     "sparsity": by_group, "table": premises_table(alignment, by_group)},
     }
-    logger.info("Merge analysis: column |cos| mean %.3f; merger |cos| 1.000 -> %.3f; zeroing 90%% of ΔW "
-                "changes the output by %.1f%% (subject) / %.1f%% (style) of the LoRA's effect",
-                report["column_alignment"]["mean"], report["merger_abs_cos"]["after"]["mean"],
-                100 * report["pruning_output_change"]["subject"]["prune_90pct"],
-                100 * report["pruning_output_change"]["style"]["prune_90pct"])
+    step_logger("merge.premises")(0, **_premise_metrics(alignment, by_group))
+    logger.info("Merge premises: zeroing 90%% of ΔW changes the output by %.1f%% (subject) / %.1f%% (style) of the "
+                "LoRA's effect (paper: barely); matching-column |cos| %.3f vs %.3f shuffled; merger |cos| 1.000 -> %.3f",
+                100 * by_group["subject"]["all"]["prune_90pct"], 100 * by_group["style"]["all"]["prune_90pct"],
+                alignment["all"]["aligned"], alignment["all"]["shuffled"], report["merger_abs_cos"]["after"]["mean"])
     return report, analysis_figure(report)
+
+
+def _premise_metrics(alignment: dict, by_group: dict) -> dict[str, float]:
+    """MLflow metric names: ``<group>.col_cos`` / ``.col_cos_shuffled`` / ``.<lora>_prune_90pct`` (``/`` -> ``_``)."""
+    out = {}
+    for group, a in alignment.items():
+        g = group.replace("/", "_")
+        out[f"{g}.col_cos"], out[f"{g}.col_cos_shuffled"] = a["aligned"], a["shuffled"]
+    for name, groups in by_group.items():
+        for group, row in groups.items():
+            out.update({f"{group.replace('/', '_')}.{name}_{k}": v for k, v in row.items() if k.startswith("prune_")})
+    return out
 
 
 def merge_figure(history: dict[str, list[float]]) -> plt.Figure:
@@ -174,8 +190,9 @@ def _bars_by_block(ax, per_layer: dict[str, float], label: str | None = None) ->
 
 
 def analysis_figure(report: dict) -> plt.Figure:
-    """Per-layer bars grouped by UNet block (why the mergers matter where), then the pruning curve."""
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    """Per-layer bars grouped by UNet block (why the mergers matter where), the premises per layer group
+    (column |cos| against its shuffled chance level), then the pruning curve."""
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
     _bars_by_block(axes[0], report["column_alignment"]["per_layer"])
     axes[0].set(title="|cos| of ΔW_c, ΔW_s columns, per layer", xlabel="UNet block (one bar per adapted layer)",
                 ylabel="mean |cos| over columns", ylim=(0, 1))
@@ -184,11 +201,19 @@ def analysis_figure(report: dict) -> plt.Figure:
     axes[1].set(title="|cos(m_c, m_s)| per layer (Fig. 3b)", xlabel="UNet block (one bar per adapted layer)",
                 ylabel="|cos(m_c, m_s)|", ylim=(0, 1.15))
     axes[1].legend(fontsize=8, loc="upper right", ncols=2)
+    alignment = report["premises"]["column_alignment"]
+    x = np.arange(len(alignment))
+    axes[2].bar(x - 0.2, [a["aligned"] for a in alignment.values()], 0.4, label="matching columns")
+    axes[2].bar(x + 0.2, [a["shuffled"] for a in alignment.values()], 0.4, label="style columns shuffled (chance)")
+    axes[2].set_xticks(x, list(alignment), rotation=30, ha="right")
+    axes[2].set(title="column alignment per layer group (Obs. 3)", ylabel="mean |cos|", ylim=(0, 1))
+    axes[2].legend(fontsize=8)
     for name, pr in report["pruning_output_change"].items():
         fr = [int(k.split("_")[1].rstrip("pct")) for k in pr]
-        axes[2].plot(fr, list(pr.values()), "o-", label=name)
-    axes[2].set(title="output change when zeroing smallest |ΔW|", xlabel="% of entries zeroed",
-                ylabel="relative output change")
-    axes[2].legend()
+        axes[3].plot(fr, list(pr.values()), "o-", label=name)
+    axes[3].axhline(0.25, linestyle="--", color="grey", linewidth=0.8, label="testbed target at 90 %")
+    axes[3].set(title="output change when zeroing smallest |ΔW| (Obs. 2)", xlabel="% of entries zeroed (every layer)",
+                ylabel="relative to the LoRA's effect")
+    axes[3].legend(fontsize=8)
     fig.tight_layout()
     return fig

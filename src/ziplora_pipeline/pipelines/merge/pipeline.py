@@ -16,6 +16,6 @@ def create_pipeline(**kwargs) -> Pipeline:
              outputs=["direct_merge_weights", "direct_merge_kohya_weights"], name="direct_merge"),
         Node(analyse_merge,
              inputs=["subject_lora_weights", "style_lora_weights", "ziplora_mergers", "subject_images",
-                     "subject_prompt", "params:base_model"],
+                     "subject_prompt", "style_images", "style_prompt", "params:base_model"],
              outputs=["merge_analysis", "merge_analysis_plot"], name="analyse_merge"),
     ], tags=["merge"])
