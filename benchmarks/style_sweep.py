@@ -46,7 +46,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 logger = logging.getLogger("style_sweep")
-OBJECTS = ("cat", "car", "cup", "tree")  # the style image shows a house
+OBJECTS = ("cat", "car", "cup", "tree", "house")  # the judged prompts: the first four the style image does not show
 
 
 def main(argv=None) -> int:
@@ -57,7 +57,11 @@ def main(argv=None) -> int:
     p.add_argument("--sample-seed", type=int, default=20_000)
     p.add_argument("--base", default=str(ROOT / "data" / "06_models" / "toy_sdxl"))
     p.add_argument("--judges", default=str(ROOT / "data" / "06_models" / "toy_judges"))
-    p.add_argument("--objects", nargs="+", default=list(OBJECTS), help="objects of the judged prompts")
+    p.add_argument("--style", default="sketch",
+                   help="a style of conf/grid (sketch: a house, mosaic: a tree, dots: a cat; written by "
+                        "scripts/make_sample_data.py --grid): its one image, token and noun")
+    p.add_argument("--objects", nargs="+", default=None, help="objects of the judged prompts (default: four the "
+                   "style image does not show)")
     p.add_argument("--prior", nargs="*", default=[], help="objects of a prior (see above); none by default")
     p.add_argument("--prior-images", type=int, default=8)
     p.add_argument("--round2", nargs="*", default=[],
@@ -80,7 +84,10 @@ def main(argv=None) -> int:
     from ziplora_pipeline.core.toy_world.render import STYLES
 
     lora_defaults = yaml.safe_load((ROOT / "conf/base/parameters_style_lora.yml").read_text())["style"]["lora"]
-    image = [Image.open(ROOT / "data/01_raw/styles/sketch/sketch.png").convert("RGB")]
+    concept = yaml.safe_load((ROOT / "conf/grid/parameters.yml").read_text())["grid"]["styles"][args.style]
+    token, noun = concept["token"], concept["noun"]
+    args.objects = args.objects or [o for o in OBJECTS if o != noun][:4]
+    image = [Image.open(ROOT / f"data/01_raw/styles/{args.style}/{args.style}.png").convert("RGB")]
     attr = ToyAttributeEncoder(str(Path(args.judges) / "attributes"))
     target = STYLES[int(attr.predict(image)["style"].argmax(-1)[0])]
     base_cfg = BaseModelConfig(pretrained_model_name_or_path=args.base, miniature_seed=None)
@@ -88,6 +95,7 @@ def main(argv=None) -> int:
     seeds = [args.sample_seed + k for k in range(args.samples)]
     objects = [args.objects[k % len(args.objects)] for k in range(args.samples)]
     assert not (set(args.prior) | set(args.round2)) & set(args.objects), "judge objects training never drew"
+    assert not args.round2 or args.style == "sketch", "--round2 is written for the sketch house"
     priors = {o: tc.sample(pipe, [f"a {o}"] * args.prior_images, [50_000 + k for k in range(args.prior_images)])
               for o in args.prior}
 
@@ -97,7 +105,7 @@ def main(argv=None) -> int:
                 "leaked_rate": r.get("leaked_rate", 0.0)}
 
     ceiling = rates(tc.sample(pipe, [f"a {o} in {target} style" for o in objects], seeds))
-    print(json.dumps({"base_named_style": target, "base_content_rate": ceiling["content_rate"],
+    print(json.dumps({"style": args.style, "base_named_style": target, "base_content_rate": ceiling["content_rate"],
                       "base_style_rate": ceiling["style_rate"]}), flush=True)
     for setting in args.settings:
         overrides = json.loads(setting)
@@ -111,7 +119,7 @@ def main(argv=None) -> int:
             cfg = from_dict(LoraTrainingConfig, params, "style.lora")
             fresh = load_base_pipeline(base_cfg)  # train_lora leaves its adapter on the UNet it trained
             train_images = random_crops(image[0], args.crops, args.crop_scale, seed) if args.crops else image
-            style_inputs = encode_concept(fresh, train_images, "a house in zwx style")
+            style_inputs = encode_concept(fresh, train_images, f"a {noun} in {token} style")
             groups = alternate(style_inputs, [encode_concept(fresh, ims, f"a {o}") for o, ims in priors.items()])
             result = train_lora(fresh, groups, cfg, "style")
             del fresh
@@ -120,8 +128,8 @@ def main(argv=None) -> int:
                 result, kept = second_round(pipe, base_cfg, cfg, image, result.lora, args.round2,
                                             args.round2_images)
             with lora_applied(pipe, "style", result.lora):
-                styled = tc.sample(pipe, [f"a {o} in zwx style" for o in objects], seeds)
-            print(json.dumps({"setting": {**overrides, **({"blocks": blocks} if blocks else {})},
+                styled = tc.sample(pipe, [f"a {o} in {token} style" for o in objects], seeds)
+            print(json.dumps({"style": args.style, "setting": {**overrides, **({"blocks": blocks} if blocks else {})},
                               "crops": args.crops, "crop_scale": args.crop_scale if args.crops else None, "prior": args.prior, "round2_kept": kept,
                               "objects": args.objects, "seed": seed,
                               **rates(styled), "n": len(styled),

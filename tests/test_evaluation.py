@@ -85,7 +85,9 @@ def test_tiny_random_encoders_are_built_loaded_and_flagged(encoders):
     assert emb.shape[0] == 3 and torch.allclose(emb.norm(dim=-1), torch.ones(3))
     assert torch.allclose(emb[0], emb[1]) and (emb[0] @ emb[2]) < 1 - 1e-4
     scores = alignment(encoders, [a, b], ["a sks robot in zwx style"] * 2, [a], [b], ("sks", "zwx"))
-    assert set(scores) == {"clip_style", "dino_subject", "clip_text", "harmonic"}
+    assert set(scores) == {"clip_style", "dino_subject", "clip_text", "harmonic", "object_drawn", "lite_subject",
+                           "lite_style"}
+    assert scores["object_drawn"] is None and scores["lite_subject"] is None  # no style prompt, no second judge
     # each score is the mean cosine the metric defines (style ref b, subject ref a), recomputed from the embeddings
     clip, dino = encoders.clip.images([a, b]), encoders.dino.images([a, b])
     assert scores["clip_style"] == pytest.approx((clip @ clip[1]).mean().item(), abs=1e-5)
@@ -93,6 +95,10 @@ def test_tiny_random_encoders_are_built_loaded_and_flagged(encoders):
     text = encoders.clip.texts(["a robot in style"])[0]  # the neutral prompt: sks and zwx dropped
     assert scores["clip_text"] == pytest.approx((clip @ text).mean().item(), abs=1e-5)
     assert scores["harmonic"] == harmonic(scores["dino_subject"], scores["clip_style"])
+    # object drawn (CLIP, ours): closer to the image's own neutral prompt than to the style image's prompt
+    drawn = encoders.clip.object_drawn([a, b], ["a robot in style"] * 2, "a house in style")
+    ref, own = encoders.clip.texts(["a house in style"])[0], text
+    assert drawn.tolist() == [float((clip[i] @ own) > (clip[i] @ ref)) for i in range(2)]
 
 
 def test_an_encoder_that_cannot_be_loaded_is_named_and_its_metrics_skipped(tmp_path, caplog):
@@ -103,7 +109,8 @@ def test_an_encoder_that_cannot_be_loaded_is_named_and_its_metrics_skipped(tmp_p
     assert missing in enc.notes[0] and "clip_style, clip_text and harmonic are skipped" in enc.notes[0]
     assert "could not be loaded" in caplog.text
     scores = alignment(enc, [_solid(0)], ["a sks robot"], [_solid(0)], [_solid(0)], ("sks",))
-    assert scores == {"clip_style": None, "dino_subject": None, "clip_text": None, "harmonic": None}  # not 0
+    assert scores == {"clip_style": None, "dino_subject": None, "clip_text": None, "harmonic": None,  # not 0
+                      "object_drawn": None, "lite_subject": None, "lite_style": None}
 
 
 def test_prompt_helpers():

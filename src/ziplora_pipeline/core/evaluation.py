@@ -11,6 +11,7 @@ from .config_utils import require
 from .generation import GROUPS
 from .image_metrics import EncoderConfig
 from .methods import MethodSpec
+from .second_judge import SecondJudgeConfig
 
 METRICS = ("subject_fidelity", "style_fidelity", "clip_style", "dino_subject", "clip_text", "harmonic")
 COST = ("merge_seconds", "peak_mb", "file_mb")
@@ -27,6 +28,7 @@ class EvaluationConfig:
     batch_size: int = 8  # UNet samples / encoder images per forward
     clip: EncoderConfig = field(default_factory=lambda: EncoderConfig("data/06_models/tiny_clip", 0))
     dino: EncoderConfig = field(default_factory=lambda: EncoderConfig("data/06_models/tiny_dino", 0))
+    second_judge: SecondJudgeConfig = field(default_factory=SecondJudgeConfig)  # EfficientNet-Lite0 (ImageNet)
     image_groups: tuple[str, ...] = ("merge", "recontext")  # prompt groups the image metrics average over
     compare: tuple[str, str] = ("ziplora", "direct_merge")  # the report's headline: does the first beat the second?
 

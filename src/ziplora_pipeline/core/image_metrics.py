@@ -109,6 +109,15 @@ class ClipEncoder:
         """CLIP-T: (N,) cosine of each image's embedding to its prompt's."""
         return (self.images(images) * self.texts(prompts)).sum(-1)
 
+    def object_drawn(self, images: list, prompts: list[str], reference_prompt: str) -> torch.Tensor:
+        """(N,): 1 where an image is closer to its own (neutral) prompt than to the style image's prompt, else 0:
+        did the generator draw what was asked, or copy the style image's content? (Ours: a two-way CLIP
+        zero-shot test of content leakage.)"""
+        emb = self.images(images)
+        own = (emb * self.texts(prompts)).sum(-1)
+        ref = emb @ self.texts([reference_prompt])[0]
+        return (own > ref).float()
+
 
 class DinoEncoder:
     def __init__(self, folder: str, device, local_files_only: bool = False):
@@ -133,8 +142,9 @@ class DinoEncoder:
 class ImageEncoders:
     """The two encoders; either may be the toy world's judge of that role (``toy``), same methods."""
 
-    clip: ClipEncoder | None = None  # style_scores, text_scores
+    clip: ClipEncoder | None = None  # style_scores, text_scores, object_drawn
     dino: DinoEncoder | None = None  # subject_scores
+    second: object | None = None  # the second judge (core/second_judge.py): subject_scores, style_scores
     random: list[str] = field(default_factory=list)  # which of them are tiny random stand-ins
     toy: list[str] = field(default_factory=list)  # which of them are the toy world's trained judges
     notes: list[str] = field(default_factory=list)  # what could not be loaded, and what that skips
@@ -192,15 +202,25 @@ def harmonic(a: float | None, b: float | None) -> float | None:
 
 
 def image_scores(encoders: ImageEncoders, images: list, prompts: list[str], subject_refs: list, style_refs: list,
-                 tokens: tuple[str, ...]) -> dict[str, list[float] | None]:
+                 tokens: tuple[str, ...], style_prompt: str | None = None) -> dict[str, list[float] | None]:
     """Per-image scores (lists of N floats, None where the encoder is missing): clip_style, dino_subject,
-    clip_text. Per image, so that intervals can be taken over seeds."""
-    out: dict[str, list[float] | None] = {"clip_style": None, "dino_subject": None, "clip_text": None}
+    clip_text; object_drawn (with ``style_prompt``, the style image's prompt: was the prompted object drawn
+    rather than the style image's?); lite_subject, lite_style from the second judge. Per image, so that
+    intervals can be taken over seeds."""
+    out: dict[str, list[float] | None] = {"clip_style": None, "dino_subject": None, "clip_text": None,
+                                          "object_drawn": None, "lite_subject": None, "lite_style": None}
+    neutral = [neutral_prompt(p, tokens) for p in prompts]
     if encoders.clip is not None:
         out["clip_style"] = encoders.clip.style_scores(images, style_refs).tolist()
-        out["clip_text"] = encoders.clip.text_scores(images, [neutral_prompt(p, tokens) for p in prompts]).tolist()
+        out["clip_text"] = encoders.clip.text_scores(images, neutral).tolist()
+        if style_prompt is not None:
+            out["object_drawn"] = encoders.clip.object_drawn(images, neutral,
+                                                             neutral_prompt(style_prompt, tokens)).tolist()
     if encoders.dino is not None:
         out["dino_subject"] = encoders.dino.subject_scores(images, subject_refs).tolist()
+    if encoders.second is not None:
+        out["lite_subject"] = encoders.second.subject_scores(images, subject_refs).tolist()
+        out["lite_style"] = encoders.second.style_scores(images, style_refs).tolist()
     return out
 
 

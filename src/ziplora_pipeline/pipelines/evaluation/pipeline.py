@@ -21,7 +21,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         Node(metrics_table, inputs=["output_fidelity", "image_metrics", "method_costs", "params:generation"],
              outputs=["metrics_table", "metrics_markdown"], name="metrics_table"),
         Node(write_report,
-             inputs=["metrics_table", "contact_sheets", "image_metrics", "generation_manifest", "params:evaluation",
-                     "params:base_model"],
+             inputs=["metrics_table", "contact_sheets", "image_metrics", "generation_manifest", "merge_analysis",
+                     "params:evaluation", "params:base_model"],
              outputs="report", name="write_report"),
     ], tags=["evaluation"])
