@@ -98,3 +98,8 @@ def test_alignment_against_its_shuffled_chance_level():
     assert abs(res["all"]["aligned"] - res["all"]["shuffled"]) < 0.1
     rows = premises_table(res, {"subject": {"all": {"prune_90pct": 0.3, "layers": 2}}})
     assert rows[-1]["group"] == "all" and rows[-1]["subject_prune_90pct"] == 0.3 and rows[-1]["layers"] == 2
+    # a group only one LoRA adapts (e.g. a 1×1 conv in one file): its row has that LoRA's figures alone
+    rows = premises_table(res, {"subject": {"all": {"prune_90pct": 0.3, "layers": 2}},
+                                "style": {"up/other": {"prune_90pct": 0.1, "layers": 1}}})
+    other = next(r for r in rows if r["group"] == "up/other")
+    assert other == {"group": "up/other", "layers": 1, "style_prune_90pct": 0.1}

@@ -100,7 +100,8 @@ def premises_table(alignment: dict[str, dict], sparsity: dict[str, dict[str, dic
     p = 50/80/90 % (``sparsity`` is {lora name: sparsity_by_group(...)}), for the report and MLflow."""
     rows = []
     for group in dict.fromkeys([*alignment, *(g for s in sparsity.values() for g in s)]):
-        row = {"group": group, "layers": (alignment.get(group) or next(iter(sparsity.values()))[group])["layers"]}
+        sources = [alignment.get(group), *(s.get(group) for s in sparsity.values())]  # a group one LoRA lacks
+        row = {"group": group, "layers": max(src["layers"] for src in sources if src)}
         if group in alignment:
             row.update(col_cos=alignment[group]["aligned"], col_cos_shuffled=alignment[group]["shuffled"])
         for name, by_group in sparsity.items():
