@@ -89,3 +89,52 @@ def test_a_reference_missing_leaves_the_figure_empty():
 def test_summarise_axes_skips_all_nan():
     out = summarise_axes({"object_drawn": [float("nan")] * 8, "dino_subject": [0.5] * 8}, SEEDS)
     assert "object" not in out and out["subject"]["mean"] == pytest.approx(0.5)
+
+
+def _pair_row(name: str, zip_subject: float, direct_subject: float, zip_leak: float, direct_leak: float,
+              second_sign: float = 1.0) -> dict:
+    """One grid pair's judged output with known claim figures (judge_pair's shape)."""
+    fig = lambda v: {"mean": v, "lo": v, "hi": v}  # noqa: E731
+    claims = {"ziplora": {"merge_subject": fig(zip_subject), "alone_subject_style": fig(zip_leak)},
+              "direct_merge": {"merge_subject": fig(direct_subject), "alone_subject_style": fig(direct_leak)}}
+    judged = {m: {"subject": fig(s), "style": fig(0.5), "subject2": fig(0.5 + second_sign * (s - 0.5)),
+                  "style2": fig(0.4)}
+              for m, s in (("ziplora", zip_subject), ("direct_merge", direct_subject))}
+    judged["ziplora_style0p4"] = {"subject": fig(zip_subject + 0.2), "style": fig(0.1)}
+    return {"pair": name, "claims": claims, "judged": judged}
+
+
+def test_grid_claims_are_paired_by_pair_with_intervals_over_pairs():
+    from ziplora_pipeline.core.claims import grid_claims, grid_claims_markdown
+
+    # ZipLoRA's merge subject beats the direct merge by exactly 0.1 in every pair; its style leak on the subject
+    # prompt is 0.3 lower (lower is better); the second judge orders the subject the same way
+    rows = [_pair_row(f"p{i}", 0.4 + 0.05 * i, 0.3 + 0.05 * i, 0.0, 0.3) for i in range(4)]
+    out = grid_claims(rows, strengths={"ziplora": 1.0, "ziplora_style0p4": 0.4})
+    sub = out["figures"]["merge_subject"]
+    assert sub["difference"]["mean"] == pytest.approx(0.1) and sub["difference"]["n"] == 4
+    assert sub["difference"]["lo"] == pytest.approx(0.1) and sub["verdict"] == "better"
+    assert sub["method"]["mean"] == pytest.approx(0.475) and sub["method"]["lo"] < sub["method"]["hi"]
+    assert out["figures"]["alone_subject_style"]["verdict"] == "better"  # lower leak is better
+    assert out["figures"]["merge_style"]["difference"]["mean"] is None  # a figure no pair has
+    assert out["judges"]["subject"]["agree"] and out["judges"]["subject"]["spearman"]["value"] == pytest.approx(1.0)
+    # the strength curve: style 0.4 trades 0.4 of style for 0.2 of subject; at 1.0 the harmonic mean is higher
+    points = {p["style_scale"]: p for p in out["strength"]["points"]}
+    assert points[0.4]["style"]["mean"] == pytest.approx(0.1) and out["strength"]["best"]["style_scale"] == 1.0
+    # a second judge that orders the subject the other way disagrees, and the report says so
+    flipped = grid_claims([_pair_row(f"p{i}", 0.4 + 0.05 * i, 0.3 + 0.05 * i, 0.0, 0.3, -1.0) for i in range(4)])
+    assert flipped["judges"]["subject"]["subject2"]["verdict"] == "worse" and not flipped["judges"]["subject"]["agree"]
+    md = grid_claims_markdown(flipped, rows, 4, ("toy judges", "EfficientNet-Lite0"))
+    assert "**the judges disagree**" in md and "| p3 |" in md and "over 4 pairs" in md
+
+
+def test_grid_claims_below_three_pairs_print_no_interval_and_no_verdict():
+    from ziplora_pipeline.core.claims import grid_claims, grid_claims_markdown
+
+    rows = [_pair_row(f"p{i}", 0.5, 0.3, 0.0, 0.3) for i in range(2)]
+    out = grid_claims(rows)
+    d = out["figures"]["merge_subject"]["difference"]
+    assert d["mean"] == pytest.approx(0.2) and d["lo"] is None and d["hi"] is None
+    assert out["figures"]["merge_subject"]["verdict"] == "not tested (fewer than 3 pairs)"
+    md = grid_claims_markdown(out, rows, 4, ("toy judges", "EfficientNet-Lite0"))
+    assert "This grid has 2 pairs: intervals over pairs need at least 3" in md and "[" not in md.split("| figure")[1]

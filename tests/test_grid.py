@@ -120,3 +120,21 @@ def test_grid_run_then_a_new_style_reruns_only_what_is_new(fresh_project):
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "No images in data/01_raw/subjects/mug/" in out and "grid.subjects.mug.folder" in out
     assert "Running node" not in out
+
+
+def test_pair_prompts_are_the_claims_groups_with_an_unseen_object_per_style():
+    from ziplora_pipeline.core.grid import pair_methods, pair_prompts
+
+    cfg = grid()
+    concepts = cfg.concepts()
+    prompts = pair_prompts(cfg, concepts["robot"][1], concepts["dots"][1])
+    assert ("merge", 0, "a sks robot in pfw style") in prompts and ("subject", 0, "a sks robot") in prompts
+    assert ("style", 0, "a house in pfw style") in prompts  # dots shows a cat: the unseen object is the next one
+    assert ("style", 0, "a cat in zwx style") in pair_prompts(cfg, concepts["robot"][1], concepts["sketch"][1])
+    methods = pair_methods(cfg)
+    assert methods["subject_lora"] == ("subject",) and methods["style_lora"] == ("style",)
+    assert methods["ziplora_style0p7"] == ("merge", "recontext") and "style" in methods["ziplora"]
+    with pytest.raises(ConfigError, match=r"grid.prompts.merge: 'a \{thing\}' may only use"):
+        grid(prompts={"merge": ["a {thing}"]})
+    with pytest.raises(ConfigError, match="style_strengths must lie in"):
+        grid(style_strengths=[1.5])

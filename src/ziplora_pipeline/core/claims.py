@@ -45,11 +45,13 @@ def summarise_axes(per_image: dict[str, list[float] | None], seeds: list[int]) -
 
 def _paired(a: dict, b: dict, op, n: int = 2000, seed: int = 0) -> dict | None:
     """``op(mean_a, mean_b)`` over seeds both have, with a bootstrap interval resampling seeds jointly."""
-    common = sorted(set(a["by_seed"]) & set(b["by_seed"]))
+    # seeds as strings: a summary read back from JSON has string keys, a fresh one int keys
+    sa, sb = ({str(k): v for k, v in x["by_seed"].items()} for x in (a, b))
+    common = sorted(set(sa) & set(sb))
     if not common:
         return None
-    va = np.array([a["by_seed"][s] for s in common])
-    vb = np.array([b["by_seed"][s] for s in common])
+    va = np.array([sa[s] for s in common])
+    vb = np.array([sb[s] for s in common])
     idx = np.random.default_rng(seed).integers(0, len(common), (n, len(common)))
     with np.errstate(divide="ignore", invalid="ignore"):
         draws = op(va[idx].mean(1), vb[idx].mean(1))
@@ -218,3 +220,147 @@ def judges_verdict(judged: dict[str, dict], method: str, baseline: str,
                      f"{d1['hi']:+.3f}] {w1}; {names[1]} {d2['mean']:+.3f} [{d2['lo']:+.3f}, {d2['hi']:+.3f}] {w2}: "
                      f"{agree}.")
     return lines
+
+
+# ---- the claims over a grid of pairs: the pair is the unit (issue 19's headline) ------------------------------
+MIN_PAIRS = 3  # fewer pairs: means only, no interval and no verdict
+
+
+def _over_pairs(values: list[float]) -> dict:
+    """Mean over pairs with its 95 % bootstrap interval over pairs (none below MIN_PAIRS)."""
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if len(values) < MIN_PAIRS:
+        return {"mean": float(np.mean(values)) if values else None, "lo": None, "hi": None, "n": len(values)}
+    return bootstrap(np.array(values))
+
+
+def _pair_word(d: dict, lower_is_better: bool) -> str:
+    if d.get("lo") is None:
+        return f"not tested (fewer than {MIN_PAIRS} pairs)" if d.get("mean") is not None else "—"
+    return _word(d, lower_is_better).replace("seed noise", "the spread over pairs")
+
+
+def _fig(row: dict, method: str, col: str) -> float | None:
+    return ((row.get("claims") or {}).get(method, {}).get(col) or {}).get("mean")
+
+
+def grid_claims(pairs: list[dict], method: str = "ziplora", baseline: str = "direct_merge",
+                strengths: dict[str, float] | None = None) -> dict:
+    """Claims (a)-(d) over a grid's pairs, each pair's figure its mean over seeds, intervals over pairs.
+
+    Args:
+        pairs: per pair ``{"pair", "claims": {method: claim_rows figures}, "judged": {method: summarise_axes of
+            the merge and recontext groups}}`` (the grid's ``judge`` node).
+        strengths: {method: style strength} of the ZipLoRA strength curve (claim (d)), 1.0 for ``method``.
+    Returns:
+        ``{"pairs", "figures": {column: {method, baseline, difference, verdict, n}}, "judges": {...},
+        "strength": {...}}``.
+    """
+    out: dict = {"pairs": len(pairs), "method": method, "baseline": baseline, "min_pairs": MIN_PAIRS, "figures": {}}
+    for col in CLAIM_COLUMNS:
+        a = [_fig(r, method, col) for r in pairs]
+        b = [_fig(r, baseline, col) for r in pairs]
+        d = _over_pairs([x - y for x, y in zip(a, b) if x is not None and y is not None])
+        out["figures"][col] = {"method": _over_pairs(a), "baseline": _over_pairs(b), "difference": d,
+                               "verdict": _pair_word(d, col in LOWER_IS_BETTER)}
+    # both judges: ZipLoRA − direct merge on the merge and recontext images by each, and the rank agreement of
+    # their scores over every (pair, method) cell
+    judges = {}
+    for first, second in (("subject", "subject2"), ("style", "style2")):
+        entry = {}
+        for axis in (first, second):
+            diffs = []
+            for r in pairs:
+                j = r.get("judged") or {}
+                x, y = ((j.get(method) or {}).get(axis) or {}).get("mean"), ((j.get(baseline) or {}).get(axis) or {}).get("mean")
+                if x is not None and y is not None:
+                    diffs.append(x - y)
+            if diffs:
+                d = _over_pairs(diffs)
+                entry[axis] = {**d, "verdict": _pair_word(d, False)}
+        cells = [(s[first]["mean"], s[second]["mean"]) for r in pairs for s in (r.get("judged") or {}).values()
+                 if (s.get(first) or {}).get("mean") is not None and (s.get(second) or {}).get("mean") is not None]
+        x, y = pd.Series([c[0] for c in cells]).rank(), pd.Series([c[1] for c in cells]).rank()
+        if len(cells) >= 3 and x.nunique() > 1 and y.nunique() > 1:  # a constant judge has no ranking
+            entry["spearman"] = {"value": float(x.corr(y)), "cells": len(cells)}
+        if first in entry and second in entry:
+            entry["agree"] = entry[first]["verdict"] == entry[second]["verdict"]
+        if entry:
+            judges[first] = entry
+    out["judges"] = judges
+    # (d): the strength curve, per strength over pairs, and the best harmonic mean along it
+    strengths = strengths or {method: 1.0}
+    points = []
+    for name, scale in sorted(strengths.items(), key=lambda kv: -kv[1]):
+        per = {k: [] for k in ("subject", "style", "harmonic")}
+        for r in pairs:
+            s = (r.get("judged") or {}).get(name) or {}
+            sub, sty = (s.get("subject") or {}).get("mean"), (s.get("style") or {}).get("mean")
+            if sub is None or sty is None:
+                continue
+            per["subject"].append(sub)
+            per["style"].append(sty)
+            h = _harmonic(sub, sty)
+            if h is not None:
+                per["harmonic"].append(h)
+        points.append({"method": name, "style_scale": scale, **{k: _over_pairs(v) for k, v in per.items()}})
+    scored = [p for p in points if p["harmonic"]["mean"] is not None]
+    out["strength"] = {"points": points,
+                       "best": max(scored, key=lambda p: p["harmonic"]["mean"]) if scored else None}
+    return out
+
+
+def _ci(s: dict | None, signed: bool = False) -> str:
+    if not s or s.get("mean") is None:
+        return "—"
+    f = "{:+.3f}" if signed else "{:.3f}"
+    mean = f.format(s["mean"])
+    return mean if s.get("lo") is None else f"{mean} [{f.format(s['lo'])}, {f.format(s['hi'])}]"
+
+
+def grid_claims_markdown(claims: dict, pairs: list[dict], seeds: int, judge_names: tuple[str, str]) -> str:
+    """The grid report's claims section (``grid_claims``' output) and the per-pair rows."""
+    n, m, b = claims["pairs"], claims["method"], claims["baseline"]
+    lines = [f"## The paper's claims over {n} pair{'s' * (n != 1)}: {m} vs {b}", "",
+             f"Each pair's figure is its mean over {seeds} seeds on held-out prompts; the mean is over pairs and the "
+             f"interval a 95 % bootstrap over pairs, the difference paired by pair.", ""]
+    if n < claims["min_pairs"]:
+        lines += [f"**This grid has {n} pair{'s' * (n != 1)}: intervals over pairs need at least "
+                  f"{claims['min_pairs']}, so none is printed and no verdict is drawn.** `kedro run --env grid` runs "
+                  "the 3 × 3 toy-world grid.", ""]
+    lines += [f"| figure | {m} | {b} | {m} − {b} | verdict |", "|---|---|---|---|---|"]
+    for col, fig in claims["figures"].items():
+        lines.append(f"| {CLAIM_COLUMNS[col]} | {_ci(fig['method'])} | {_ci(fig['baseline'])} | "
+                     f"{_ci(fig['difference'], True)} | {fig['verdict']} |")
+    lines += ["", "### (d) Strength control (merge and recontext prompts)", "",
+              "| method | style strength | subject | style | harmonic |", "|---|---|---|---|---|"]
+    for p in claims["strength"]["points"]:
+        lines.append(f"| {p['method']} | {p['style_scale']:g} | {_ci(p['subject'])} | {_ci(p['style'])} | "
+                     f"{_ci(p['harmonic'])} |")
+    best = claims["strength"]["best"]
+    if best is not None:
+        lines += ["", f"Best harmonic mean along the curve: {_ci(best['harmonic'])} at style strength "
+                      f"{best['style_scale']:g}."]
+    lines += ["", f"### Both judges ({judge_names[0]} and {judge_names[1]}), merge and recontext prompts", ""]
+    for first, entry in claims["judges"].items():
+        second = f"{first}2"
+        parts = [f"{judge_names[i]} {_ci(entry[ax], True)}: {entry[ax]['verdict']}"
+                 for i, ax in enumerate((first, second)) if ax in entry]
+        agree = "" if "agree" not in entry else ("; the judges agree" if entry["agree"] else "; **the judges disagree**")
+        rank = (f"; rank agreement over {entry['spearman']['cells']} pair × method cells: Spearman "
+                f"{entry['spearman']['value']:+.2f}" if "spearman" in entry else "")
+        lines.append(f"- {first}, {m} − {b}: " + "; ".join(parts) + agree + rank + ".")
+    if not claims["judges"]:
+        lines.append("- The second judge is switched off (evaluation.second_judge.enabled).")
+    cols = ("merge_subject", "merge_style", "alone_subject_frac", "alone_subject_style", "alone_style_frac",
+            "alone_object")
+    lines += ["", "### Per pair", "", "| pair | " + " | ".join(f"{c} {m} / {b}" for c in cols) + " |",
+              "|---|" + "---|" * len(cols)]
+    for r in pairs:
+        cells = []
+        for c in cols:
+            x, y = _fig(r, m, c), _fig(r, b, c)
+            cells.append("— / —" if x is None and y is None else
+                         f"{'—' if x is None else f'{x:.3f}'} / {'—' if y is None else f'{y:.3f}'}")
+        lines.append(f"| {r['pair']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

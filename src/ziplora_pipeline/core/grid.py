@@ -15,6 +15,15 @@ from dataclasses import dataclass, field
 from .config_utils import ConfigError, require
 
 KINDS = ("subject", "style")
+CLAIM_GROUPS = ("merge", "subject", "style", "recontext")  # the one-pair job's prompt groups (generation.prompts)
+DEFAULT_PROMPTS = {"merge": ["a {subject} in {style} style"], "subject": ["a {subject}"],
+                   "style": ["a {object} in {style} style"],
+                   "recontext": ["a {subject} wearing a hat in {style} style",
+                                 "a {subject} next to a tree in {style} style"]}
+# which groups each method of a pair is generated on: the references only where claim (b) divides by them, the
+# weaker style strengths only where claim (d) reads them
+REFERENCE_GROUPS = {"subject_lora": ("subject",), "style_lora": ("style",)}
+COMPARED = ("ziplora", "direct_merge")
 PAIR_SEPARATOR = "_x_"
 
 
@@ -39,7 +48,12 @@ class GridConfig:
     max_pairs: int = 100  # a larger grid needs confirm: true (--params grid.confirm=true)
     confirm: bool = False
     replace_default_job: bool = False  # conf/grid: `kedro run` runs the grid instead of the one-pair job
-    prompts: tuple[str, ...] = ("a {subject} in {style} style", "a {subject} wearing a hat in {style} style")
+    # The paper's claims' prompt groups (core/claims.py): {subject} = "<token> <noun>", {style} = the style's token,
+    # {object} = an object the style image never showed (the first of unseen_objects that is neither the style's
+    # noun nor the subject's).
+    prompts: dict = field(default_factory=lambda: dict(DEFAULT_PROMPTS))
+    unseen_objects: tuple[str, ...] = ("cat", "house", "tree")
+    style_strengths: tuple[float, ...] = (0.7, 0.4)  # claim (d): ZipLoRA re-exported at these style strengths
     seeds: tuple[int, ...] = (100, 101, 102, 103)  # disjoint from every training seed
     num_inference_steps: int = 20
     guidance_scale: float = 4.0
@@ -66,12 +80,21 @@ class GridConfig:
         require(len(pairs) <= self.max_pairs or self.confirm,
                 f"grid: {len(pairs)} pairs is more than grid.max_pairs = {self.max_pairs}; each pair is a merge, "
                 f"generation and evaluation. Run with --params grid.confirm=true to go ahead.")
-        require(len(self.seeds) > 0 and len(self.prompts) > 0, "grid.prompts and grid.seeds must not be empty.")
-        for p in self.prompts:
-            try:
-                p.format(subject="s", style="t")
-            except (KeyError, IndexError) as err:
-                raise ConfigError(f"grid.prompts: {p!r} may only use {{subject}} and {{style}} ({err}).") from err
+        require(len(self.seeds) > 0, "grid.seeds must not be empty.")
+        require(isinstance(self.prompts, dict) and set(self.prompts) <= set(CLAIM_GROUPS)
+                and all(self.prompts.get(g) for g in ("merge",)),
+                f"grid.prompts must map prompt groups {list(CLAIM_GROUPS)} to lists of prompts, 'merge' not empty; "
+                f"got {self.prompts!r}.")
+        for group, prompts in self.prompts.items():
+            require(isinstance(prompts, (list, tuple)), f"grid.prompts.{group} must be a list of prompts.")
+            for p in prompts:
+                try:
+                    p.format(subject="s", style="t", object="o")
+                except (KeyError, IndexError) as err:
+                    raise ConfigError(f"grid.prompts.{group}: {p!r} may only use {{subject}}, {{style}} and "
+                                      f"{{object}} ({err}).") from err
+        require(all(0 < s < 1 for s in self.style_strengths),
+                f"grid.style_strengths must lie in (0, 1) (1.0 is the ZipLoRA itself), got {list(self.style_strengths)}.")
         require(self.resolution % 8 == 0 and self.num_inference_steps > 0, "grid.resolution must be a multiple of 8.")
 
     def concepts(self) -> dict[str, tuple[str, ConceptConfig]]:
@@ -122,6 +145,91 @@ def concept_template(kind: str, c: ConceptConfig) -> str:
     return c.template or ("a {token} {noun}" if kind == "subject" else "a {noun} in {token} style")
 
 
-def pair_prompts(cfg: GridConfig, subject: ConceptConfig, style: ConceptConfig) -> list[str]:
-    """The generation prompts of one pair: "{subject}" is "<token> <noun>", "{style}" the style's token."""
-    return [p.format(subject=f"{subject.token} {subject.noun}", style=style.token) for p in cfg.prompts]
+def unseen_object(cfg: GridConfig, subject: ConceptConfig, style: ConceptConfig) -> str:
+    """The object of the pair's style-alone prompt: one the style image never showed (nor the subject is)."""
+    for obj in cfg.unseen_objects:
+        if obj not in (style.noun, subject.noun):
+            return obj
+    raise ConfigError(f"grid.unseen_objects {list(cfg.unseen_objects)} has no object other than the style's noun "
+                      f"'{style.noun}' and the subject's '{subject.noun}'; add one.")
+
+
+def pair_prompts(cfg: GridConfig, subject: ConceptConfig, style: ConceptConfig) -> list[tuple[str, int, str]]:
+    """The generation prompts of one pair as (group, index, prompt): "{subject}" is "<token> <noun>", "{style}"
+    the style's token, "{object}" the pair's unseen object."""
+    obj = unseen_object(cfg, subject, style)
+    return [(group, i, p.format(subject=f"{subject.token} {subject.noun}", style=style.token, object=obj))
+            for group in CLAIM_GROUPS for i, p in enumerate(cfg.prompts.get(group) or [])]
+
+
+def strength_name(scale: float) -> str:
+    """The method name of ZipLoRA at style strength ``scale`` (the one-pair job's: ziplora_style0p7)."""
+    return f"ziplora_style{scale:g}".replace(".", "p")
+
+
+def pair_methods(cfg: GridConfig) -> dict[str, tuple[str, ...]]:
+    """{method: the prompt groups it is generated on} for every pair."""
+    groups = tuple(g for g in CLAIM_GROUPS if cfg.prompts.get(g))
+    out = {m: groups for m in COMPARED}
+    out |= {m: tuple(g for g in gs if g in groups) for m, gs in REFERENCE_GROUPS.items()}
+    out |= {strength_name(s): tuple(g for g in ("merge", "recontext") if g in groups) for s in cfg.style_strengths}
+    return {m: gs for m, gs in out.items() if gs}
+
+
+def generate_methods(pipe, files: dict, methods: dict[str, tuple[str, ...]], items: list, gen,
+                     log_name: str = "") -> dict:
+    """``{<method>__<group><i>__seed<s>: image}``: each method's LoRA file applied in turn, generating the prompt
+    items (``generation.PromptItem``) of its groups with the generation stage's loop (same batches and seeded
+    noise for every method)."""
+    import logging
+    import time
+
+    from .generation import generate
+    from .methods import lora_applied
+
+    images = {}
+    for method, groups in methods.items():
+        t0 = time.perf_counter()
+        with lora_applied(pipe, method, files[method]):
+            out = generate(pipe, [it for it in items if it.group in groups], gen)
+        images.update({f"{method}__{item.key}__seed{seed}": img for item, seed, img in out})
+        logging.getLogger(__name__).info("%s: %d images with %s in %.1f s", log_name, len(out), method,
+                                         time.perf_counter() - t0)
+    return images
+
+
+def judge_method(encoders, images: dict, method: str, groups: tuple[str, ...], prompts: list[tuple[str, int, str]],
+                 seeds, subject_refs: list, style_refs: list, tokens: tuple[str, ...],
+                 style_prompt: str) -> tuple[dict, dict | None]:
+    """One method's images of a pair, judged: ``({group: summarise_axes}, summarise_axes of the merge and
+    recontext groups together or None)``; ``prompts`` as ``pair_prompts`` gives them."""
+    from .claims import summarise_axes
+    from .image_metrics import image_scores
+
+    items = [(f"{method}__{g}{i}__seed{seed}", g, p, seed) for g, i, p in prompts if g in groups for seed in seeds]
+    scores = image_scores(encoders, [images[n] for n, *_ in items], [p for _, _, p, _ in items], subject_refs,
+                          style_refs, tokens, style_prompt)
+
+    def subset(keep):
+        idx = [k for k, (_, g, _, _) in enumerate(items) if g in keep]
+        return summarise_axes({a: (None if v is None else [v[k] for k in idx]) for a, v in scores.items()},
+                              [items[k][3] for k in idx])
+
+    both = {"merge", "recontext"} & set(groups)
+    return {g: subset((g,)) for g in groups}, (subset(both) if both else None)
+
+
+def pair_files(ziplora, direct_merge, mergers: dict, subject_lora, style_lora, strengths) -> dict:
+    """{method: LoraFile} of a pair: the two merges, the two source LoRAs (claim (b)'s references) and ZipLoRA
+    re-exported from its mergers at each style strength (claim (d))."""
+    from .lora_factors import unet_lora_factors
+    from .merge_export import text_encoder_parts, ziplora_file
+
+    files = {"ziplora": ziplora, "direct_merge": direct_merge, "subject_lora": subject_lora, "style_lora": style_lora}
+    if strengths:
+        factors = {n: unet_lora_factors(f, f"{n} LoRA") for n, f in (("subject", subject_lora), ("style", style_lora))}
+        text = text_encoder_parts({"subject": subject_lora, "style": style_lora})
+        for scale in strengths:
+            name = strength_name(scale)
+            files[name] = ziplora_file(factors, text, mergers, {"subject": 1.0, "style": scale}, name)
+    return files

@@ -125,3 +125,13 @@ def to_kohya(lora: LoraFile) -> LoraFile:
         raise ValueError("to_kohya expects a scale-1 LoRA (alpha = rank), as factors_to_lora_file writes.")
     state = convert_state_dict_to_kohya(dict(lora.state_dict))
     return LoraFile(state, {"format": "pt", "ss_network_module": "networks.lora"})
+
+
+def ziplora_file(factors: dict[str, dict[str, LoraFactors]], text_encoders: dict, mergers: dict[str, torch.Tensor],
+                 strengths: dict[str, float], name: str = "ziplora") -> LoraFile:
+    """The ZipLoRA at user strengths ``{"subject": c_c, "style": c_s}`` (paper §5: 1.0 / 0.7 / 0.4 for the style)
+    as one LoRA file: Eq. 2 in low-rank form from the parsed UNet ``factors`` and the ``text_encoders`` parts
+    (``text_encoder_parts``) of the two source LoRAs."""
+    return factors_to_lora_file(merged_factors(factors, mergers, strengths),
+                                description=f"ZipLoRA, strengths {strengths}",
+                                text_encoders=combined_text_encoders(text_encoders, strengths, name))

@@ -18,7 +18,7 @@ from .cost import Cost, measure
 from .k_lora import KLoRA
 from .lora_factors import unet_lora_factors
 from .lora_io import LoraFile
-from .merge_export import combined_text_encoders, factors_to_lora_file, merged_factors, text_encoder_parts
+from .merge_export import factors_to_lora_file, merged_factors, text_encoder_parts, ziplora_file
 from .methods import MethodSpec
 from .peft_merges import PeftMerger
 
@@ -79,9 +79,7 @@ class MethodBuilder:
 
     def _ziplora(self, spec):
         strengths = {"subject": spec.options.subject_scale, "style": spec.options.style_scale}
-        lora = factors_to_lora_file(merged_factors(self.factors, self.mergers, strengths),
-                                    description=f"ZipLoRA, strengths {strengths}",
-                                    text_encoders=combined_text_encoders(self.text_encoders, strengths, spec.name))
+        lora = ziplora_file(self.factors, self.text_encoders, self.mergers, strengths, spec.name)
         return lora, _cost(log=self.logs["ziplora"], file_mb=lora_file_mb(lora))
 
     def _unet_only(self, spec) -> None:

@@ -65,7 +65,8 @@ def pair_template(pair: str) -> Pipeline:
         Node(direct_merge, inputs={**loras, "merge_params": "params:merge", "base_params": "params:base_model"},
              outputs=["direct_merge_weights", "direct_merge_kohya_weights"], name="direct_merge"),
         Node(_bound(generate_pair, pair=pair),
-             inputs={"ziplora": "ziplora_weights", "direct_merge": "direct_merge_weights", **concepts,
+             inputs={"ziplora": "ziplora_weights", "direct_merge": "direct_merge_weights", "mergers": "ziplora_mergers",
+                     **loras, **concepts,
                      "grid_params": "params:grid", "base_params": "params:base_model"},
              outputs="generated_images", name="generate"),
         Node(_bound(judge_pair, pair=pair),
@@ -104,7 +105,7 @@ def _summary(cfg: GridConfig, pairs, concepts, key: str) -> Pipeline:
                                   **{f"{pair_name(s, t)}__images": f"{pair_name(s, t)}.generated_images" for s, t in pairs},
                                   **{f"{c}__refs": f"{c}.images" for c in concepts}},
              outputs=f"grid.{key}.sheets", name="sheets"),
-        Node(grid_table, inputs={"grid_params": "params:grid",
+        Node(grid_table, inputs={"grid_params": "params:grid", "evaluation_params": "params:evaluation",
                                  **{f"{pair_name(s, t)}": f"{pair_name(s, t)}.scores" for s, t in pairs}},
              outputs=[f"grid.{key}.table", f"grid.{key}.table_markdown"], name="table"),
     ], namespace="grid", prefix_datasets_with_namespace=False, tags=["grid"])
