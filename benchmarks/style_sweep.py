@@ -131,7 +131,7 @@ def main(argv=None) -> int:
                 styled = tc.sample(pipe, [f"a {o} in {token} style" for o in objects], seeds)
             print(json.dumps({"style": args.style, "setting": {**overrides, **({"blocks": blocks} if blocks else {})},
                               "crops": args.crops, "crop_scale": args.crop_scale if args.crops else None, "prior": args.prior, "round2_kept": kept,
-                              "objects": args.objects, "seed": seed,
+                              "objects": args.objects, "seed": seed, "sample_seed": args.sample_seed,
                               **rates(styled), "n": len(styled),
                               "train_seconds": round(result.seconds, 1), "target_style": target}), flush=True)
     return 0

@@ -1,5 +1,6 @@
 """The paper's two premises (core/premises.py) on tiny hand-built ΔW with a known answer."""
 
+import pytest
 import torch
 
 from ziplora_pipeline.core.lora_factors import LoraFactors
@@ -103,3 +104,14 @@ def test_alignment_against_its_shuffled_chance_level():
                                 "style": {"up/other": {"prune_90pct": 0.1, "layers": 1}}})
     other = next(r for r in rows if r["group"] == "up/other")
     assert other == {"group": "up/other", "layers": 1, "style_prune_90pct": 0.1}
+
+
+def test_weight_share_of_the_smallest_entries_against_the_gaussian_reference():
+    from ziplora_pipeline.core.premises import gaussian_pruned, weight_pruned
+
+    # closed form of the dense reference: the 90 % smallest of i.i.d. normal entries hold 56.1 % of the energy
+    assert gaussian_pruned(0.9) == pytest.approx(0.749, abs=1e-3) and gaussian_pruned(0.5) == pytest.approx(0.267, abs=1e-3)
+    g = torch.Generator().manual_seed(0)
+    wide = {"x": LoraFactors(torch.randn(64, 512, generator=g), torch.randn(512, 64, generator=g), 1.0)}
+    assert weight_pruned(wide, ["x"], 0.9) == pytest.approx(gaussian_pruned(0.9), abs=0.02)  # rank 64: near-normal
+    assert weight_pruned({"x": _sparse_factors(0)}, ["x"], 0.9) == 0.0  # 4 nonzero entries of 256 all kept

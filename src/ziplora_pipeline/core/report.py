@@ -122,6 +122,9 @@ def claims_section(judged_groups: dict, judged: dict, compare: tuple[str, str], 
                          strength_curve)
 
     lines = ["## The paper's three claims (held-out prompts and seeds)", "",
+             "This is one subject × style pair, its intervals over seeds. The headline over pairs (intervals over "
+             "pairs, at least 3 × 3) is the grid's: `kedro run --env grid` writes it to "
+             "`data/08_reporting/grid/<key>/table.md`.", "",
              *[f"- {line}" for line in claims_verdict(judged_groups, *compare)], ""]
     frame = claims_frame(claim_rows(judged_groups))
     lines += [frame.to_markdown(index=False, floatfmt=".3f", missingval=""), "",
@@ -155,7 +158,9 @@ def premises_section(premises: dict | None) -> list[str]:
             "barely changes the output, and matching columns of two LoRAs are often aligned. `*_prune_Npct`: the "
             "output change when each layer of the group keeps only its largest (100 − N) % entries, relative to the "
             f"group's own effect ({premises['draws']} held-out draws of each LoRA's own concept; 0 = no change, "
-            "1 = as if the group's LoRA were removed). `col_cos`: mean |cos| of matching columns of ΔW_subject and "
+            "1 = as if the group's LoRA were removed). `*_weight_90pct`: the share of ‖ΔW‖ in those 90 % smallest "
+            "entries; a ΔW of i.i.d. Gaussian entries gives 0.749 (the dense reference, ours), a sparse one much "
+            "less. `col_cos`: mean |cos| of matching columns of ΔW_subject and "
             "ΔW_style; `col_cos_shuffled`: the same with the style columns shuffled (the chance level).", "",
             table.to_markdown(index=False, floatfmt=".3f", missingval=""), ""]
 
