@@ -65,6 +65,8 @@ def main(argv=None) -> int:
     p.add_argument("--tag", default="sweep", help="sweep | confirm: which table a result belongs to")
     p.add_argument("--out", default=str(ROOT / "docs/testbed/merge_sweep.jsonl"))
     p.add_argument("--table", action="store_true", help="print the table of --out and stop")
+    p.add_argument("--reference", default=json.dumps(SETTINGS[0]),
+                   help="the setting every confirmed one is compared with (default: the paper's, cosine form)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
     settings = [json.loads(s) for s in args.settings] if args.settings else SETTINGS
@@ -73,7 +75,7 @@ def main(argv=None) -> int:
     if not args.table:
         run(args, settings, out, done)
         done = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
-    print(table(done))
+    print(table(done, json.loads(args.reference)))
     return 0
 
 
@@ -189,7 +191,30 @@ def verdicts(records: list[dict]) -> list[dict]:
                                        -(r["figures"]["merge_harmonic"]["difference"]["mean"] or -9)))
 
 
-def table(records: list[dict]) -> str:
+def versus(records: list[dict], a: dict, b: dict, tag: str = "confirm") -> dict | None:
+    """Setting ``a`` − setting ``b`` (both ZipLoRA) on the ``tag`` results they share, paired by pair: the same
+    grid verdict with ``b`` in the direct merge's place (claim (b)'s references from the baselines)."""
+    from ziplora_pipeline.core.claims import claim_rows, grid_claims
+
+    ka, kb = key(a), key(b)
+    runs = {(r["setting"], r["pair"], tuple(r["seeds"]), r["merge_seed"]): r for r in records
+            if r["kind"] == "setting" and r["tag"] == tag}
+    baselines = {(r["pair"], tuple(r["seeds"])): r for r in records if r["kind"] == "baseline"}
+    pairs = []
+    for (k, pair, seeds, merge_seed), ra in sorted(runs.items()):
+        rb = runs.get((kb, pair, seeds, merge_seed))
+        if k != ka or rb is None or (pair, seeds) not in baselines:
+            continue
+        refs = baselines[(pair, seeds)]["judged_groups"]
+        groups = {"subject_lora": refs["subject_lora"], "style_lora": refs["style_lora"],
+                  "ziplora": ra["judged_groups"]["ziplora"], "direct_merge": rb["judged_groups"]["ziplora"]}
+        claims = {m: v for m, v in claim_rows(groups).items() if m in ("ziplora", "direct_merge")}
+        pairs.append({"pair": pair, "claims": claims,
+                      "judged": {"ziplora": ra["judged"]["ziplora"], "direct_merge": rb["judged"]["ziplora"]}})
+    return grid_claims(pairs) if pairs else None
+
+
+def table(records: list[dict], reference: dict | None = None) -> str:
     """The sweep table (Markdown): one row per setting, ZipLoRA − direct merge per figure over pairs."""
     def cell(f: dict) -> str:
         d = f["difference"]
@@ -213,6 +238,17 @@ def table(records: list[dict]) -> str:
                          + " | ".join(cell(r["figures"][c]) for c in FIGURES) + " | " + " | ".join(second)
                          + f" | {r['mean_abs_cos']:.3f} | {r['merge_seconds']:.1f} |")
         lines.append("")
+        if tag == "confirm" and reference is not None:  # each confirmed setting against the reference setting
+            for r in rows:
+                if r["setting"] == reference:
+                    continue
+                v = versus(records, r["setting"], reference)
+                if v is None:
+                    continue
+                s = ", ".join(f"{k}={val}" for k, val in r["setting"].items())
+                ref = ", ".join(f"{k}={val}" for k, val in reference.items())
+                lines += [f"{s} − {ref} (both ZipLoRA, paired by pair over {v['pairs']} pairs): "
+                          + "; ".join(f"{c} {cell(v['figures'][c])}" for c in FIGURES), ""]
     return "\n".join(lines)
 
 

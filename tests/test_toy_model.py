@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from ziplora_pipeline.core.base_model import BaseModelConfig, BaseModelError, load_base_pipeline
 
@@ -43,7 +44,7 @@ def test_corrupt_weight_file_names_the_model_and_the_fix(tmp_path, mini_model_pa
 
 @pytest.mark.skipif(not (TOY / "model_index.json").is_file(), reason="the toy model is committed; absent only mid-rebuild")
 def test_shipped_toy_model_loads_and_draws_what_it_is_asked():
-    """Through from_pretrained, fp16 files upcast to fp32 on CPU; 12 held-out class×colour×style prompts × 2 seeds."""
+    """Through from_pretrained (fp32 files); 12 held-out class×colour×style prompts × 2 seeds."""
     from ziplora_pipeline.core.toy_world.checks import check_base_model
     from ziplora_pipeline.core.toy_world.data import heldout_prompts
     from ziplora_pipeline.core.toy_world.judges import ToyAttributeEncoder
@@ -56,3 +57,22 @@ def test_shipped_toy_model_loads_and_draws_what_it_is_asked():
     # Chance is 1/6. The full check (108 samples) measured class 0.73 and style 0.77 (README); 36 samples are
     # noisy (about ±0.15), so the floor only says "well above chance".
     assert result["class_accuracy"] >= 0.45 and result["style_accuracy"] >= 0.45, result
+
+
+@pytest.mark.skipif(not (TOY / "model_index.json").is_file(), reason="the toy model is committed; absent only mid-rebuild")
+def test_the_readme_snippet_runs_the_embedded_default_in_plain_diffusers(monkeypatch):
+    """The README's block, exactly as written (no torch_dtype): one dtype throughout, an image comes out."""
+    import re
+
+    from .conftest import PROJECT_ROOT
+
+    blocks = re.findall(r"```python\n(# plain diffusers on the embedded default\n.*?)```",
+                        (PROJECT_ROOT / "README.md").read_text(), re.S)
+    assert len(blocks) == 1, "the README's plain-diffusers block is missing"
+    monkeypatch.chdir(PROJECT_ROOT)
+    scope: dict = {}
+    exec(blocks[0], scope)  # noqa: S102 - the README's own code
+    pipe = scope["pipe"]
+    assert {p.dtype for n in ("unet", "vae", "text_encoder", "text_encoder_2")
+            for p in getattr(pipe, n).parameters()} == {torch.float32}
+    assert scope["image"].size == (64, 64)

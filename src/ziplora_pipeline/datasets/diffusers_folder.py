@@ -1,7 +1,8 @@
 """``DiffusersFolderDataset``: a diffusers pipeline folder (``save_pretrained``), written atomically.
 
-Saving takes a pipeline and writes it in ``torch_dtype`` (fp16 keeps the committed toy-world
-model small); loading returns the folder's path, because stages load base models themselves
+Saving takes a pipeline and writes it in ``torch_dtype`` (the committed toy-world model is fp32, 11 MB:
+transformers keeps a checkpoint's dtype for the text encoders and diffusers upcasts the UNet and VAE, so an fp16
+folder loads in two dtypes and plain ``pipe(prompt)`` fails); loading returns the folder's path, because stages load base models themselves
 with ``from_pretrained`` (never through Kedro's memory datasets, which would deep-copy them).
 An existing folder is replaced only once the new one is complete.
 """
