@@ -206,3 +206,23 @@ def test_figure_dataset_writes_a_png_atomically(tmp_path):
     data = FigureDataset(filepath=str(tmp_path / "curve.png"), version=Version(None, None)).load()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in (tmp_path / "curve.png" / V1).iterdir()] == ["curve.png"]  # no temporary left
+
+
+def test_saved_files_and_folders_get_the_mode_a_plain_open_would(tmp_path):
+    """mkstemp's 0600 must not survive the rename: other users and tools read the artifacts (umask 022 here)."""
+    import os
+    import stat
+
+    from ziplora_pipeline.datasets import ImageSetDataset, JSONDataset
+
+    old = os.umask(0o022)
+    try:
+        JSONDataset(filepath=str(tmp_path / "log.json"), version=Version(None, V1)).save({"a": 1})
+        ImageSetDataset(filepath=str(tmp_path / "imgs"), version=Version(None, V1)).save(
+            {"x": Image.new("RGB", (8, 8))})
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(tmp_path / "log.json" / V1 / "log.json") == 0o644
+    folder = next((tmp_path / "imgs" / V1).iterdir())
+    assert mode(folder) == 0o755 and all(mode(f) == 0o644 for f in folder.rglob("*") if f.is_file())

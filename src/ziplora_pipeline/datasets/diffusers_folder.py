@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from kedro.io.core import AbstractDataset, DatasetError
 
+from ._atomic import _publish_mode
+
 
 _DTYPES = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -40,6 +42,7 @@ class DiffusersFolderDataset(AbstractDataset[Any, str]):
         try:
             pipe.to(_DTYPES[self._dtype]).save_pretrained(tmp, safe_serialization=True)
             pipe.to(torch.float32)
+            _publish_mode(tmp, directory=True)
             if self._path.exists():  # swap: the old model stays until the new one is complete
                 shutil.rmtree(old, ignore_errors=True)
                 self._path.rename(old)
