@@ -18,6 +18,8 @@ KNOWN_HARMLESS = (
     (r"register_new_resolver\(\) is deprecated", UserWarning),
     # mlflow's pyfunc module warns at import about a class kedro-mlflow defines; message has ANSI codes
     (r".*Add type hints to the `predict` method", UserWarning),
+    # dagster-mlflow (pulled in by kedro-dagster's plugin) marks its own hook factory as beta at import
+    (r"Function `_create_mlflow_run_hook` is currently in beta", Warning),
 )
 
 
