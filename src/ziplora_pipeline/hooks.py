@@ -337,6 +337,12 @@ class MlflowArtifactHooks:
         if self._catalog is None:
             return
         dataset = self._catalog.get(dataset_name)
+        from .datasets import LoraSafetensorsDataset
+
+        if isinstance(dataset, LoraSafetensorsDataset):  # one line per exported LoRA: where, and which version
+            path = saved_path(dataset)
+            version = os.path.basename(os.path.dirname(path)) if path and getattr(dataset, "_version", None) else "-"
+            logger.info("Saved LoRA %s: %s (version %s)", dataset_name, path, version)
         artifact_path = (getattr(dataset, "metadata", None) or {}).get("mlflow_artifact_path")
         if not artifact_path:
             return
