@@ -88,12 +88,10 @@ def run(args, settings: list[dict], out: Path, done: list[dict]) -> None:
 
     from ziplora_pipeline.core.base_model import BaseModelConfig, load_base_pipeline, resolve_device
     from ziplora_pipeline.core.config_utils import from_dict
-    from ziplora_pipeline.core.evaluation import EvaluationConfig
+    from ziplora_pipeline.core.evaluation import EvaluationConfig, load_judges
     from ziplora_pipeline.core.generation import GenerationConfig, PromptItem
     from ziplora_pipeline.core.grid import (
         GridConfig, REFERENCE_GROUPS, generate_methods, judge_method, pair_name, pair_prompts)
-    from ziplora_pipeline.core.image_metrics import load_encoders
-    from ziplora_pipeline.core.second_judge import EfficientNetJudge
     from ziplora_pipeline.pipelines.merge.nodes import direct_merge, zip_merge
 
     bootstrap_project(ROOT)
@@ -106,9 +104,7 @@ def run(args, settings: list[dict], out: Path, done: list[dict]) -> None:
     concepts = cfg.concepts()
     pairs = cfg.pair_list()
     device = resolve_device(from_dict(BaseModelConfig, base, "base_model").device)
-    encoders = load_encoders({"clip": ev.clip, "dino": ev.dino}, device)
-    if ev.second_judge.enabled:
-        encoders.second = EfficientNetJudge(ev.second_judge.weights, device, ev.batch_size * 4, ev.second_judge.image_size)
+    encoders = load_judges(ev, device)
     pipe = load_base_pipeline(from_dict(BaseModelConfig, base, "base_model"), for_inference=True)
     gen = GenerationConfig(seeds=tuple(args.seeds), num_inference_steps=cfg.num_inference_steps,
                            guidance_scale=cfg.guidance_scale, resolution=cfg.resolution, batch_size=cfg.batch_size)

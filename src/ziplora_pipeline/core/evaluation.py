@@ -43,6 +43,20 @@ class EvaluationConfig:
         require(len(self.compare) == 2, "evaluation.compare is [method, baseline], e.g. [ziplora, direct_merge].")
 
 
+def load_judges(cfg: EvaluationConfig, device):
+    """The evaluation's judges (``image_metrics.ImageEncoders``): CLIP and DINO (or the toy world's) and, when
+    ``cfg.second_judge.enabled``, the EfficientNet-Lite0 second judge: one loader for the evaluation stage, the
+    grid and the merge sweep."""
+    from .image_metrics import load_encoders
+    from .second_judge import EfficientNetJudge
+
+    encoders = load_encoders({"clip": cfg.clip, "dino": cfg.dino}, device)
+    if cfg.second_judge.enabled:
+        encoders.second = EfficientNetJudge(cfg.second_judge.weights, device, cfg.batch_size * 4,
+                                            cfg.second_judge.image_size)
+    return encoders
+
+
 def _clean(value):
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 

@@ -12,16 +12,15 @@ from PIL import Image
 from ...core.base_model import BaseModelConfig, load_base_pipeline, resolve_device
 from ...core.config_utils import from_dict
 from ...core.contact_sheet import check_same_size
-from ...core.evaluation import EvaluationConfig, headline, metrics_frame
+from ...core.evaluation import EvaluationConfig, headline, load_judges, metrics_frame
 from ...core.fidelity import fidelity_table, make_probe
 from ...core.generation import GenerationConfig
-from ...core.image_metrics import harmonic, image_scores, load_encoders
+from ...core.image_metrics import harmonic, image_scores
 from ...core.lora_io import LoraFile
 from ...core.methods import MethodAssets
 from ...core.report import (
     claims_section, judged_chart, markdown_table, metrics_chart, png_bytes, premises_section, render_report, report_html)
 from ...core.claims import summarise_axes
-from ...core.second_judge import EfficientNetJudge
 from ...core.verdict import AXES, judged_frame, verdict
 from ...tracking import step_logger
 
@@ -60,10 +59,7 @@ def image_metrics(generated_images: dict[str, Image.Image], generation_manifest:
     ``evaluation.image_groups`` (the main table), as means with 95 % intervals over seeds."""
     cfg = from_dict(EvaluationConfig, evaluation_params, "evaluation")
     device = resolve_device(from_dict(BaseModelConfig, base_params, "base_model").device)
-    encoders = load_encoders({"clip": cfg.clip, "dino": cfg.dino}, device)
-    if cfg.second_judge.enabled:
-        encoders.second = EfficientNetJudge(cfg.second_judge.weights, device, cfg.batch_size * 4,
-                                            cfg.second_judge.image_size)
+    encoders = load_judges(cfg, device)
     tokens = (subject_prompt["token"], style_prompt["token"])
     per_method, judged, judged_groups, per_image = {}, {}, {}, {}
     for method in generation_manifest["methods"]:

@@ -15,15 +15,14 @@ from PIL import Image
 from ...core.base_model import BaseModelConfig, load_base_pipeline, resolve_device
 from ...core.config_utils import from_dict
 from ...core.contact_sheet import contact_sheet
-from ...core.evaluation import EvaluationConfig
+from ...core.evaluation import EvaluationConfig, load_judges
 from ...core.generation import GenerationConfig, PromptItem
 from ...core.claims import claim_rows, grid_claims, grid_claims_markdown
 from ...core.grid import (
     COMPARED, GridConfig, concept_template, generate_methods, judge_method, pair_files, pair_methods, pair_name,
     pair_prompts, strength_name, unseen_object)
-from ...core.image_metrics import TOY_MARKER, load_encoders
+from ...core.image_metrics import TOY_MARKER
 from ...core.lora_io import LoraFile
-from ...core.second_judge import EfficientNetJudge
 from ...templates.lora_nodes import train_lora_node
 from ..data_prep.nodes import prepare_concept
 
@@ -80,10 +79,7 @@ def judge_pair(images: dict[str, Image.Image], subject_images: dict[str, Image.I
     subject, style = _pair(cfg, subject_prompt, style_prompt)
     prompts = pair_prompts(cfg, subject, style)
     device = resolve_device(from_dict(BaseModelConfig, base_params, "base_model").device)
-    encoders = load_encoders({"clip": ev.clip, "dino": ev.dino}, device)
-    if ev.second_judge.enabled:
-        encoders.second = EfficientNetJudge(ev.second_judge.weights, device, ev.batch_size * 4,
-                                            ev.second_judge.image_size)
+    encoders = load_judges(ev, device)
     tokens = (subject_prompt["token"], style_prompt["token"])
     judged_groups, judged = {}, {}
     for method, groups in pair_methods(cfg).items():
