@@ -426,3 +426,24 @@ def test_merge_config_rejects_bad_values():
         MergeConfig(overlap="cosin")
     with pytest.raises(ConfigError, match="timestep_range"):
         MergeConfig(timestep_range=(500, 100))
+
+
+def test_kohya_copy_carries_the_base_model_and_trigger_words_a1111_reads():
+    import json
+
+    from ziplora_pipeline.core.merge_export import kohya_metadata
+    from ziplora_pipeline.core.lora_factors import LoraFactors
+
+    g = torch.Generator().manual_seed(0)
+    lora = factors_to_lora_file({"down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q": LoraFactors(
+        torch.randn(2, 8, generator=g), torch.randn(8, 2, generator=g), 1.0)})
+    meta = kohya_metadata("stabilityai/stable-diffusion-xl-base-1.0", "sdxl", ["sks", "zwx"], "ZipLoRA")
+    kohya = to_kohya(lora, meta)
+    head = kohya.metadata
+    assert head["ss_network_module"] == "networks.lora" and head["ss_base_model_version"] == "sdxl_base_v1-0"
+    assert head["ss_sd_model_name"] == "stabilityai/stable-diffusion-xl-base-1.0"
+    assert json.loads(head["ss_tag_frequency"]) == {"trigger words": {"sks": 1, "zwx": 1}}
+    assert head["modelspec.trigger_phrase"] == "sks, zwx" and head["modelspec.architecture"].startswith("stable-diffusion-xl")
+    assert all(isinstance(v, str) for v in head.values())  # safetensors headers hold strings only
+    with pytest.raises(ValueError, match="architecture 'flux'"):
+        kohya_metadata("x", "flux")

@@ -113,8 +113,30 @@ def factors_to_lora_file(factors: dict[str, LoraFactors], description: str = "",
     return lora
 
 
-def to_kohya(lora: LoraFile) -> LoraFile:
-    """Kohya-format copy (``lora_unet_<path>.lora_down/up.weight`` + ``.alpha``) for ComfyUI/A1111.
+# base architecture -> (kohya's ss_base_model_version, the SAI model spec's modelspec.architecture)
+KOHYA_ARCHITECTURES = {"sdxl": ("sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora"),
+                       "sd15": ("sd_v1", "stable-diffusion-v1/lora")}
+
+
+def kohya_metadata(base_model: str, architecture: str, trigger_words: list[str] | tuple[str, ...] = (),
+                   title: str = "") -> dict[str, str]:
+    """The header keys A1111, ComfyUI and Civitai read from a kohya LoRA: the base model and its version
+    (``ss_sd_model_name``, ``ss_base_model_version``), the trigger words (``ss_tag_frequency``, which A1111's
+    LoRA tab lists, and the SAI model spec's ``modelspec.trigger_phrase``) and a title. All values are strings
+    (safetensors headers hold only strings)."""
+    if architecture not in KOHYA_ARCHITECTURES:
+        raise ValueError(f"kohya_metadata: architecture {architecture!r} is not one of {sorted(KOHYA_ARCHITECTURES)}.")
+    version, spec = KOHYA_ARCHITECTURES[architecture]
+    words = [w for w in trigger_words if w]
+    return {"ss_sd_model_name": str(base_model), "ss_base_model_version": version,
+            "ss_tag_frequency": json.dumps({"trigger words": {w: 1 for w in words}}),
+            "modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": spec,
+            "modelspec.trigger_phrase": ", ".join(words), "modelspec.title": title or "LoRA"}
+
+
+def to_kohya(lora: LoraFile, metadata: dict[str, str] | None = None) -> LoraFile:
+    """Kohya-format copy (``lora_unet_<path>.lora_down/up.weight`` + ``.alpha``) for ComfyUI/A1111, with the
+    header keys of ``metadata`` (``kohya_metadata``) beside ``ss_network_module``.
 
     diffusers' converter writes alpha = rank, which matches our scale-1 export exactly.
     """
@@ -124,7 +146,7 @@ def to_kohya(lora: LoraFile) -> LoraFile:
     if cfg.get("lora_alpha", cfg.get("r")) != cfg.get("r") or cfg.get("alpha_pattern") != cfg.get("rank_pattern"):
         raise ValueError("to_kohya expects a scale-1 LoRA (alpha = rank), as factors_to_lora_file writes.")
     state = convert_state_dict_to_kohya(dict(lora.state_dict))
-    return LoraFile(state, {"format": "pt", "ss_network_module": "networks.lora"})
+    return LoraFile(state, {"format": "pt", "ss_network_module": "networks.lora", **(metadata or {})})
 
 
 def ziplora_file(factors: dict[str, dict[str, LoraFactors]], text_encoders: dict, mergers: dict[str, torch.Tensor],

@@ -23,7 +23,7 @@ from ...core.merge_analysis import column_alignment, merger_cosines, sparsity, s
 from ...core.premises import (  # noqa: E402
     PREMISE_DRAWS, PREMISE_SEED, column_alignment_by_group, premises_table, sparsity_by_group)
 from ...core.merge_export import (  # noqa: E402
-    combined_text_encoders, factors_to_lora_file, merged_factors, text_encoder_parts, to_kohya)
+    combined_text_encoders, factors_to_lora_file, merged_factors, kohya_metadata, text_encoder_parts, to_kohya)
 from ...core.sdxl import encode_concept, training_scheduler  # noqa: E402
 from ...tracking import step_logger  # noqa: E402
 
@@ -51,7 +51,8 @@ def zip_merge(subject_lora: LoraFile, style_lora: LoraFile, subject_images: dict
         (diffusers-format LoRA, kohya-format copy, merger vectors, merge log, loss-curve figure).
     """
     cfg = from_dict(MergeConfig, merge_params, "merge")
-    pipe = load_base_pipeline(from_dict(BaseModelConfig, base_params, "base_model"))
+    cfg_base = from_dict(BaseModelConfig, base_params, "base_model")
+    pipe = load_base_pipeline(cfg_base)
     loras = _factors(subject_lora, style_lora, pipe)
     inputs = {"subject": encode_concept(pipe, [subject_images[k] for k in sorted(subject_images)], subject_prompt["prompt"]),
               "style": encode_concept(pipe, [style_images[k] for k in sorted(style_images)], style_prompt["prompt"])}
@@ -86,7 +87,10 @@ def zip_merge(subject_lora: LoraFile, style_lora: LoraFile, subject_images: dict
                  "heldout_draws": cfg.heldout_draws, "heldout_initial": h0, "heldout_final": h1,
                  "history": result.history, "subject_scale": cfg.subject_scale, "style_scale": cfg.style_scale,
                  "merged_rank": _ranks(merged), "peak_mb": cost.peak_mb, "memory_kind": cost.memory_kind}
-    return merged, to_kohya(merged), result.mergers, merge_log, merge_figure(result.history)
+    kohya = to_kohya(merged, kohya_metadata(
+        cfg_base.pretrained_model_name_or_path, _architecture(pipe), [subject_prompt["token"], style_prompt["token"]],
+        f"ZipLoRA: {subject_prompt['prompt']} + {style_prompt['prompt']}"))
+    return merged, kohya, result.mergers, merge_log, merge_figure(result.history)
 
 
 def direct_merge(subject_lora: LoraFile, style_lora: LoraFile, merge_params: dict,
@@ -103,7 +107,15 @@ def direct_merge(subject_lora: LoraFile, style_lora: LoraFile, merge_params: dic
                                       text_encoder_parts({"subject": subject_lora, "style": style_lora}), weights,
                                       "direct merge"))
     logger.info("Direct merge: weights (%.2f, %.2f), rank %s", w_c, w_s, _ranks(merged))
-    return merged, to_kohya(merged)
+    # no trigger words here: this node does not read the concepts' prompts
+    return merged, to_kohya(merged, kohya_metadata(base_params.get("pretrained_model_name_or_path", ""),
+                                                   _architecture(pipe), title="direct merge"))
+
+
+def _architecture(pipe) -> str:
+    """kohya_metadata's architecture: SDXL, or the SD 1.x family (SD 2.x is loaded the same way; its files are
+    labelled SD 1 here)."""
+    return "sdxl" if type(pipe).__name__ == "StableDiffusionXLPipeline" else "sd15"
 
 
 def _ranks(lora: LoraFile) -> dict:
