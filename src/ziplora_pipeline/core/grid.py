@@ -181,6 +181,8 @@ def generate_methods(pipe, files: dict, methods: dict[str, tuple[str, ...]], ite
     """``{<method>__<group><i>__seed<s>: image}``: each method's LoRA file applied in turn, generating the prompt
     items (``generation.PromptItem``) of its groups with the generation stage's loop (same batches and seeded
     noise for every method)."""
+    # imported here, as in the two functions below: GridConfig is read when the pipelines are registered (every
+    # `kedro` command), which should not import torch and diffusers
     import logging
     import time
 
