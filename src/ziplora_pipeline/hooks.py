@@ -339,18 +339,18 @@ class MlflowArtifactHooks:
         dataset = self._catalog.get(dataset_name)
         from .datasets import LoraSafetensorsDataset
 
-        if isinstance(dataset, LoraSafetensorsDataset):  # one line per exported LoRA: where, and which version
-            path = saved_path(dataset)
+        is_lora = isinstance(dataset, LoraSafetensorsDataset)
+        artifact_path = (getattr(dataset, "metadata", None) or {}).get("mlflow_artifact_path")
+        path = saved_path(dataset) if is_lora or artifact_path else None
+        if is_lora:  # one line per exported LoRA: where, and which version
             version = os.path.basename(os.path.dirname(path)) if path and getattr(dataset, "_version", None) else "-"
             logger.info("Saved LoRA %s: %s (version %s)", dataset_name, path, version)
-        artifact_path = (getattr(dataset, "metadata", None) or {}).get("mlflow_artifact_path")
         if not artifact_path:
             return
         import mlflow
 
         if mlflow.active_run() is None:
             return
-        path = saved_path(dataset)
         # One folder per dataset: subject and style LoRAs share a file name.
         target = f"{artifact_path}/{dataset_name}"
         if path and os.path.isdir(path):

@@ -150,10 +150,10 @@ def to_kohya(lora: LoraFile, metadata: dict[str, str] | None = None) -> LoraFile
 
 
 def ziplora_file(factors: dict[str, dict[str, LoraFactors]], text_encoders: dict, mergers: dict[str, torch.Tensor],
-                 strengths: dict[str, float], name: str = "ziplora") -> LoraFile:
+                 strengths: dict[str, float], name: str = "ziplora", description: str | None = None) -> LoraFile:
     """The ZipLoRA at user strengths ``{"subject": c_c, "style": c_s}`` (paper §5: 1.0 / 0.7 / 0.4 for the style)
     as one LoRA file: Eq. 2 in low-rank form from the parsed UNet ``factors`` and the ``text_encoders`` parts
     (``text_encoder_parts``) of the two source LoRAs."""
     return factors_to_lora_file(merged_factors(factors, mergers, strengths),
-                                description=f"ZipLoRA, strengths {strengths}",
+                                description=description or f"ZipLoRA, strengths {strengths}",
                                 text_encoders=combined_text_encoders(text_encoders, strengths, name))

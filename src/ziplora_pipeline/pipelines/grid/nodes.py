@@ -6,18 +6,17 @@ The merge itself is the ``merge`` stage's node (``zip_merge`` / ``direct_merge``
 from __future__ import annotations
 
 import logging
-from typing import Callable
-
 from pathlib import Path
+from typing import Callable
 
 from PIL import Image
 
 from ...core.base_model import BaseModelConfig, load_base_pipeline, resolve_device
 from ...core.config_utils import from_dict
 from ...core.contact_sheet import contact_sheet
+from ...core.claims import claim_rows, grid_claims, grid_claims_markdown
 from ...core.evaluation import EvaluationConfig, load_judges
 from ...core.generation import GenerationConfig, PromptItem
-from ...core.claims import claim_rows, grid_claims, grid_claims_markdown
 from ...core.grid import (
     COMPARED, GridConfig, concept_template, generate_methods, judge_method, pair_files, pair_methods, pair_name,
     pair_prompts, strength_name, unseen_object)

@@ -23,7 +23,8 @@ from ...core.merge_analysis import column_alignment, merger_cosines, sparsity, s
 from ...core.premises import (  # noqa: E402
     PREMISE_DRAWS, PREMISE_SEED, column_alignment_by_group, premises_table, sparsity_by_group)
 from ...core.merge_export import (  # noqa: E402
-    combined_text_encoders, factors_to_lora_file, merged_factors, kohya_metadata, text_encoder_parts, to_kohya)
+    combined_text_encoders, factors_to_lora_file, kohya_metadata, merged_factors, text_encoder_parts, to_kohya,
+    ziplora_file)
 from ...core.sdxl import encode_concept, training_scheduler  # noqa: E402
 from ...tracking import step_logger  # noqa: E402
 
@@ -63,11 +64,9 @@ def zip_merge(subject_lora: LoraFile, style_lora: LoraFile, subject_images: dict
     with measure(pipe.unet.device) as cost:  # peak memory for the evaluation's cost column
         result = ziplora_merge(pipe.unet, loras, inputs, cfg, training_scheduler(pipe), on_step=log)
     strengths = {"subject": cfg.subject_scale, "style": cfg.style_scale}
-    merged = factors_to_lora_file(
-        merged_factors(loras, result.mergers, strengths),
-        description=f"ZipLoRA merge of '{subject_prompt['prompt']}' and '{style_prompt['prompt']}'",
-        text_encoders=combined_text_encoders(
-            text_encoder_parts({"subject": subject_lora, "style": style_lora}), strengths, "ZipLoRA merge"))
+    merged = ziplora_file(loras, text_encoder_parts({"subject": subject_lora, "style": style_lora}), result.mergers,
+                          strengths, "ZipLoRA merge",
+                          f"ZipLoRA merge of '{subject_prompt['prompt']}' and '{style_prompt['prompt']}'")
     steps = len(result.history["loss"])
     for name, before, after in (("pool", result.initial, result.final),
                                 ("heldout", result.heldout_initial, result.heldout_final)):
@@ -97,7 +96,8 @@ def direct_merge(subject_lora: LoraFile, style_lora: LoraFile, merge_params: dic
                  base_params: dict) -> tuple[LoraFile, LoraFile]:
     """The reference: ΔW = w_c ΔW_c + w_s ΔW_s, exported exactly like the ZipLoRA merge."""
     cfg = from_dict(MergeConfig, merge_params, "merge")
-    pipe = load_base_pipeline(from_dict(BaseModelConfig, base_params, "base_model"))
+    cfg_base = from_dict(BaseModelConfig, base_params, "base_model")
+    pipe = load_base_pipeline(cfg_base)
     loras = _factors(subject_lora, style_lora, pipe)
     w_c, w_s = cfg.direct_weights
     weights = {"subject": w_c, "style": w_s}
@@ -108,8 +108,8 @@ def direct_merge(subject_lora: LoraFile, style_lora: LoraFile, merge_params: dic
                                       "direct merge"))
     logger.info("Direct merge: weights (%.2f, %.2f), rank %s", w_c, w_s, _ranks(merged))
     # no trigger words here: this node does not read the concepts' prompts
-    return merged, to_kohya(merged, kohya_metadata(base_params.get("pretrained_model_name_or_path", ""),
-                                                   _architecture(pipe), title="direct merge"))
+    return merged, to_kohya(merged, kohya_metadata(cfg_base.pretrained_model_name_or_path, _architecture(pipe),
+                                                   title="direct merge"))
 
 
 def _architecture(pipe) -> str:
