@@ -46,10 +46,10 @@ def load_inputs() -> tuple[dict, dict]:
 
 
 def run_one(data: dict, params: dict, key: str, value, seed: int, steps: int | None, heldout_draws: int) -> dict:
-    from ziplora_pipeline.core.base_model import BaseModelConfig, load_base_pipeline
+    from ziplora_pipeline.core.diffusion.base_model import BaseModelConfig, load_base_pipeline
     from ziplora_pipeline.core.config_utils import from_dict
-    from ziplora_pipeline.core.merge import MergeConfig, ziplora_merge
-    from ziplora_pipeline.core.sdxl import encode_concept, training_scheduler
+    from ziplora_pipeline.core.merging.optimise import MergeConfig, ziplora_merge
+    from ziplora_pipeline.core.diffusion.sdxl import encode_concept, training_scheduler
     from ziplora_pipeline.pipelines.merge.nodes import _factors
 
     merge = {**params["merge"], key: value, "seed": seed, "heldout_draws": heldout_draws}

@@ -99,9 +99,9 @@ class RssSampler:
 def build(job):
     import torch
 
-    from ziplora_pipeline.core.lora_factors import LoraFactors
-    from ziplora_pipeline.core.miniature import MiniatureSpec, build_miniature_sdxl
-    from ziplora_pipeline.core.sdxl import ConceptInputs, time_ids
+    from ziplora_pipeline.core.lora.factors import LoraFactors
+    from ziplora_pipeline.core.diffusion.miniature import MiniatureSpec, build_miniature_sdxl
+    from ziplora_pipeline.core.diffusion.sdxl import ConceptInputs, time_ids
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     spec = MiniatureSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["spec"].items()})
@@ -129,8 +129,8 @@ class Variant:
     def __init__(self, name, unet, inputs, loras, cfg, scheduler, device):
         import torch
 
-        from ziplora_pipeline.core import merge as M
-        from ziplora_pipeline.core.ziplora import attach_ziplora, merger_parameters
+        from ziplora_pipeline.core.merging import optimise as M
+        from ziplora_pipeline.core.merging.ziplora_layer import attach_ziplora, merger_parameters
 
         self.name, self.unet, self.torch = name, unet, torch
         self.names = list(loras)
@@ -161,7 +161,7 @@ class Variant:
     def _to_dense(self, loras):
         from torch import nn
 
-        from ziplora_pipeline.core.ziplora import _set_child
+        from ziplora_pipeline.core.merging.ziplora_layer import _set_child
 
         Dense = dense_layers(self.torch, nn)
         dense = {}
@@ -179,7 +179,7 @@ class Variant:
         if self.name == "floor":
             return self._floor_step()
         idx = [torch.randint(0, cfg.teacher_pool, (cfg.batch_size,), generator=self.gen) for _ in self.names]
-        from ziplora_pipeline.core.ziplora import set_mergers
+        from ziplora_pipeline.core.merging.ziplora_layer import set_mergers
 
         targets = []
         with torch.no_grad():  # teachers recomputed every step: mergers one-hot
@@ -188,7 +188,7 @@ class Variant:
                     targets.append(M._unet(self.unet, *M._cond([p], [i])))
         pred = M._unet(self.unet, *M._cond(self.pools, idx)).split(cfg.batch_size)
         recon = [M.reconstruction(pr, t, cfg.squared_norm) for pr, t in zip(pred, targets)]
-        from ziplora_pipeline.core.ziplora import overlap_penalty
+        from ziplora_pipeline.core.merging.ziplora_layer import overlap_penalty
 
         overlap = overlap_penalty(self.wrappers.values(), cfg.overlap)
         loss = torch.stack(recon).sum() + cfg.lambda_overlap * overlap
@@ -226,7 +226,7 @@ class Variant:
         if self.name == "floor":
             self.unet.delete_adapters("floor")
         else:
-            from ziplora_pipeline.core.ziplora import _set_child
+            from ziplora_pipeline.core.merging.ziplora_layer import _set_child
 
             for path, w in self.wrappers.items():
                 parent, _, child = path.rpartition(".")
@@ -236,7 +236,7 @@ class Variant:
 def worker(job: dict) -> dict:
     import torch
 
-    from ziplora_pipeline.core.merge import MergeConfig, _default_scheduler
+    from ziplora_pipeline.core.merging.optimise import MergeConfig, _default_scheduler
 
     torch.manual_seed(0)
     t0 = time.perf_counter()
@@ -245,7 +245,7 @@ def worker(job: dict) -> dict:
     sched = _default_scheduler()
     out = {"build_s": time.perf_counter() - t0, "unet_params_m": sum(p.numel() for p in unet.parameters()) / 1e6}
     if job["mode"] == "precision":  # a short full merge; held-out reconstruction and peak memory (fresh worker)
-        from ziplora_pipeline.core.merge import ziplora_merge
+        from ziplora_pipeline.core.merging.optimise import ziplora_merge
 
         mcfg = MergeConfig(steps=job["steps"], teacher_pool=4, heldout_draws=8, batch_size=job["batch"],
                            mixed_precision=job["precision"], gradient_checkpointing=job["ckpt"])

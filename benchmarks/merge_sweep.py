@@ -86,11 +86,11 @@ def run(args, settings: list[dict], out: Path, done: list[dict]) -> None:
     from kedro.framework.startup import bootstrap_project
     from tqdm.auto import tqdm
 
-    from ziplora_pipeline.core.base_model import BaseModelConfig, load_base_pipeline, resolve_device
+    from ziplora_pipeline.core.diffusion.base_model import BaseModelConfig, load_base_pipeline, resolve_device
     from ziplora_pipeline.core.config_utils import from_dict
-    from ziplora_pipeline.core.evaluation import EvaluationConfig, load_judges
-    from ziplora_pipeline.core.generation import GenerationConfig, PromptItem
-    from ziplora_pipeline.core.grid import (
+    from ziplora_pipeline.core.evaluation.judges import EvaluationConfig, load_judges
+    from ziplora_pipeline.core.evaluation.generation import GenerationConfig, PromptItem
+    from ziplora_pipeline.core.evaluation.grid import (
         GridConfig, REFERENCE_GROUPS, generate_methods, judge_method, pair_name, pair_prompts)
     from ziplora_pipeline.pipelines.merge.nodes import direct_merge, zip_merge
 
@@ -160,7 +160,7 @@ def run(args, settings: list[dict], out: Path, done: list[dict]) -> None:
 def verdicts(records: list[dict]) -> list[dict]:
     """Per (tag, setting, seeds, merge seed): the grid verdict over the pairs that have both a result and a
     baseline on the same seeds."""
-    from ziplora_pipeline.core.claims import claim_rows, grid_claims
+    from ziplora_pipeline.core.evaluation.claims import claim_rows, grid_claims
 
     baselines = {(r["pair"], tuple(r["seeds"])): r for r in records if r["kind"] == "baseline"}
     groups: dict = {}
@@ -190,7 +190,7 @@ def verdicts(records: list[dict]) -> list[dict]:
 def versus(records: list[dict], a: dict, b: dict, tag: str = "confirm") -> dict | None:
     """Setting ``a`` − setting ``b`` (both ZipLoRA) on the ``tag`` results they share, paired by pair: the same
     grid verdict with ``b`` in the direct merge's place (claim (b)'s references from the baselines)."""
-    from ziplora_pipeline.core.claims import claim_rows, grid_claims
+    from ziplora_pipeline.core.evaluation.claims import claim_rows, grid_claims
 
     ka, kb = key(a), key(b)
     runs = {(r["setting"], r["pair"], tuple(r["seeds"]), r["merge_seed"]): r for r in records

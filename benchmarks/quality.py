@@ -49,10 +49,10 @@ def checks(n: int) -> list[dict]:
     """The three toy-world checks on the newest subject/style LoRAs, ``n`` samples per arm."""
     from kedro.framework.session import KedroSession
 
-    from ziplora_pipeline.core.base_model import BaseModelConfig, load_base_pipeline
+    from ziplora_pipeline.core.diffusion.base_model import BaseModelConfig, load_base_pipeline
     from ziplora_pipeline.core.config_utils import from_dict
-    from ziplora_pipeline.core.evaluation import EvaluationConfig
-    from ziplora_pipeline.core.methods import lora_applied
+    from ziplora_pipeline.core.evaluation.judges import EvaluationConfig
+    from ziplora_pipeline.core.merging.method import lora_applied
     from ziplora_pipeline.core.toy_world import checks as tc
     from ziplora_pipeline.core.toy_world.data import heldout_prompts
     from ziplora_pipeline.core.toy_world.render import STYLES

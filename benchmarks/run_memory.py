@@ -45,7 +45,7 @@ PEAK = re.compile(r"(\S+): peak memory resident \(CPU\) ([\d.]+) GB.*?\(([\d.]+)
 
 def scratch_project(root: Path, spec: dict) -> Path:
     """A scratch project (``scratch_project.copy_project``, samples at 128 px) with the bench model built in it."""
-    from ziplora_pipeline.core.miniature import MiniatureSpec, write_miniature_sdxl
+    from ziplora_pipeline.core.diffusion.miniature import MiniatureSpec, write_miniature_sdxl
 
     copy_project(root, sample_size=128)
     write_miniature_sdxl(root / "data" / "02_intermediate" / "bench_sdxl", MiniatureSpec(**spec))

@@ -123,10 +123,10 @@ def worker(job: dict) -> dict:
 
     import torch
 
-    from ziplora_pipeline.core.base_model import resolve_device
-    from ziplora_pipeline.core.lora_training import LoraTrainingConfig, train_lora
-    from ziplora_pipeline.core.miniature import MiniatureSpec, build_miniature_sdxl
-    from ziplora_pipeline.core.sdxl import encode_concept
+    from ziplora_pipeline.core.diffusion.base_model import resolve_device
+    from ziplora_pipeline.core.lora.training import LoraTrainingConfig, train_lora
+    from ziplora_pipeline.core.diffusion.miniature import MiniatureSpec, build_miniature_sdxl
+    from ziplora_pipeline.core.diffusion.sdxl import encode_concept
     from ziplora_pipeline.sample_data import subject_views
 
     if job["threads"]:

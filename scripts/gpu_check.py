@@ -47,7 +47,7 @@ def timed_steps(fn, steps: int, device) -> list[float]:
 def build_folder(args, device, dtype, folder: str) -> None:
     """Build the pipeline once and save it as a diffusers folder: every stage then loads it afresh
     through ``load_base_pipeline`` (the real code path), with nothing carried over between stages."""
-    from ziplora_pipeline.core.miniature import MiniatureSpec, build_miniature_sdxl, build_sdxl_from_configs
+    from ziplora_pipeline.core.diffusion.miniature import MiniatureSpec, build_miniature_sdxl, build_sdxl_from_configs
 
     t = time.perf_counter()
     pipe = build_miniature_sdxl(MiniatureSpec()) if args.small else build_sdxl_from_configs(device, dtype)
@@ -61,7 +61,7 @@ def build_folder(args, device, dtype, folder: str) -> None:
 
 
 def load(args, folder, device):
-    from ziplora_pipeline.core.base_model import BaseModelConfig, load_base_pipeline
+    from ziplora_pipeline.core.diffusion.base_model import BaseModelConfig, load_base_pipeline
 
     t = time.perf_counter()
     pipe = load_base_pipeline(BaseModelConfig(pretrained_model_name_or_path=folder, miniature_seed=None,
@@ -79,8 +79,8 @@ def release(device) -> None:
 
 
 def check_training(pipe, images, args, device) -> tuple[dict, object]:
-    from ziplora_pipeline.core.lora_training import LoraTrainingConfig, train_lora
-    from ziplora_pipeline.core.sdxl import encode_concept
+    from ziplora_pipeline.core.lora.training import LoraTrainingConfig, train_lora
+    from ziplora_pipeline.core.diffusion.sdxl import encode_concept
 
     reset(device)
     inputs = encode_concept(pipe, images, "a photo of sks robot")
@@ -101,9 +101,9 @@ def check_merge(pipe, subject, style_images, args, device) -> tuple[dict, dict]:
     s/step each), then the dense-ΔW reference of the unofficial implementation (no checkpointing)."""
     from merge_step import Variant  # the dense-ΔW reference lives in the benchmark
 
-    from ziplora_pipeline.core.lora_factors import LoraFactors, unet_lora_factors
-    from ziplora_pipeline.core.merge import MergeConfig, ziplora_merge
-    from ziplora_pipeline.core.sdxl import encode_concept, training_scheduler
+    from ziplora_pipeline.core.lora.factors import LoraFactors, unet_lora_factors
+    from ziplora_pipeline.core.merging.optimise import MergeConfig, ziplora_merge
+    from ziplora_pipeline.core.diffusion.sdxl import encode_concept, training_scheduler
 
     inputs = {"subject": subject[0], "style": encode_concept(pipe, style_images, "a house in zwx style")}
     g = torch.Generator().manual_seed(1)
@@ -139,7 +139,7 @@ def check_merge(pipe, subject, style_images, args, device) -> tuple[dict, dict]:
 def check_generation(pipe, merged, args, device, tmp) -> dict:
     from safetensors.torch import save_file
 
-    from ziplora_pipeline.core.merge_export import factors_to_lora_file, merged_factors
+    from ziplora_pipeline.core.merging.export import factors_to_lora_file, merged_factors
 
     # The exported file, loaded by diffusers' own loader (safetensors directly: no Kedro on a bare GPU box).
     path = os.path.join(tmp, "ziplora.safetensors")

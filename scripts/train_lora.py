@@ -29,7 +29,7 @@ def main() -> None:
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
-    from ziplora_pipeline.params import validate_parameters
+    from ziplora_pipeline.kedro_glue.params import validate_parameters
     from ziplora_pipeline.templates.lora_nodes import train_lora_node
 
     bootstrap_project(ROOT)

@@ -32,14 +32,14 @@ STYLE_PARAMS = {"folder": "sketch", "token": "zwx", "noun": "house", "template":
 @pytest.fixture(scope="session")
 def mini_model_path(tmp_path_factory) -> Path:
     """A miniature SDXL in diffusers format, written once per session (seed 0). Treat as read-only."""
-    from ziplora_pipeline.core.miniature import write_miniature_sdxl
+    from ziplora_pipeline.core.diffusion.miniature import write_miniature_sdxl
 
     return write_miniature_sdxl(tmp_path_factory.mktemp("base_model") / "mini")
 
 
 @pytest.fixture(scope="session")
 def base_cfg(mini_model_path):
-    from ziplora_pipeline.core.base_model import BaseModelConfig
+    from ziplora_pipeline.core.diffusion.base_model import BaseModelConfig
 
     # miniature_seed=None: never rebuild; the folder must already be a valid SDXL.
     return BaseModelConfig(pretrained_model_name_or_path=str(mini_model_path), miniature_seed=None, device="cpu")
@@ -56,7 +56,7 @@ def base_params(base_cfg) -> dict:
 @pytest.fixture
 def fresh_pipe(base_cfg):
     """Factory: a newly loaded pipeline (no adapters) from the session's miniature model."""
-    from ziplora_pipeline.core.base_model import load_base_pipeline
+    from ziplora_pipeline.core.diffusion.base_model import load_base_pipeline
 
     return lambda: load_base_pipeline(base_cfg)
 
@@ -83,7 +83,7 @@ def subject_images(sample_raw) -> list:
 @pytest.fixture
 def encode(subject_images):
     """``encode(pipe)`` -> ConceptInputs of the sample subject with the DreamBooth prompt."""
-    from ziplora_pipeline.core.sdxl import encode_concept
+    from ziplora_pipeline.core.diffusion.sdxl import encode_concept
 
     return lambda pipe: encode_concept(pipe, subject_images, "a photo of sks robot")
 

@@ -6,9 +6,9 @@ import sys
 
 from safetensors.torch import save_file
 
-from ziplora_pipeline.core.base_model import BaseModelConfig, load_base_pipeline
-from ziplora_pipeline.core.lora_training import LoraTrainingConfig, train_lora
-from ziplora_pipeline.core.sdxl import encode_concept
+from ziplora_pipeline.core.diffusion.base_model import BaseModelConfig, load_base_pipeline
+from ziplora_pipeline.core.lora.training import LoraTrainingConfig, train_lora
+from ziplora_pipeline.core.diffusion.sdxl import encode_concept
 from ziplora_pipeline.sample_data import subject_views
 
 model, out = sys.argv[1], sys.argv[2]

@@ -9,7 +9,7 @@ from PIL import Image
 
 from ziplora_pipeline.core.config_utils import ConfigError
 from ziplora_pipeline.core.images import ImageInputError
-from ziplora_pipeline.params import validate_parameters
+from ziplora_pipeline.kedro_glue.params import validate_parameters
 from ziplora_pipeline.pipelines.data_prep.nodes import prepare_style, prepare_subject
 
 from .conftest import RESOLUTION, SUBJECT_PARAMS

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from ziplora_pipeline.core.base_model import (
+from ziplora_pipeline.core.diffusion.base_model import (
     BaseModelConfig,
     BaseModelError,
     check_sdxl_folder,
@@ -27,7 +27,7 @@ def _assert_state_dicts_equal(a: torch.nn.Module, b: torch.nn.Module, what: str)
 def test_miniature_round_trips_through_from_pretrained(mini_model_path, unet_probe):
     from diffusers import StableDiffusionXLPipeline
 
-    from ziplora_pipeline.core.miniature import MiniatureSpec, build_miniature_sdxl
+    from ziplora_pipeline.core.diffusion.miniature import MiniatureSpec, build_miniature_sdxl
 
     built = build_miniature_sdxl(MiniatureSpec())  # same spec and seed as the session's folder
     loaded = StableDiffusionXLPipeline.from_pretrained(mini_model_path)

@@ -1,11 +1,11 @@
-"""The paper's three claims (core/claims.py): concept-alone figures on images and scores with a known answer."""
+"""The paper's three claims (core/evaluation/claims.py): concept-alone figures on images and scores with a known answer."""
 
 import math
 import random
 
 import pytest
 
-from ziplora_pipeline.core.claims import (
+from ziplora_pipeline.core.evaluation.claims import (
     claim_rows, claims_frame, claims_verdict, judge_agreement, judges_verdict, strength_curve, summarise_axes)
 from ziplora_pipeline.core.toy_world.judges import ToyAttributeEncoder
 from ziplora_pipeline.core.toy_world.render import Scene, random_instance, random_pose, render
@@ -105,7 +105,7 @@ def _pair_row(name: str, zip_subject: float, direct_subject: float, zip_leak: fl
 
 
 def test_grid_claims_are_paired_by_pair_with_intervals_over_pairs():
-    from ziplora_pipeline.core.claims import grid_claims, grid_claims_markdown
+    from ziplora_pipeline.core.evaluation.claims import grid_claims, grid_claims_markdown
 
     # ZipLoRA's merge subject beats the direct merge by exactly 0.1 in every pair; its style leak on the subject
     # prompt is 0.3 lower (lower is better); the second judge orders the subject the same way
@@ -129,7 +129,7 @@ def test_grid_claims_are_paired_by_pair_with_intervals_over_pairs():
 
 
 def test_grid_claims_below_three_pairs_print_no_interval_and_no_verdict():
-    from ziplora_pipeline.core.claims import grid_claims, grid_claims_markdown
+    from ziplora_pipeline.core.evaluation.claims import grid_claims, grid_claims_markdown
 
     rows = [_pair_row(f"p{i}", 0.5, 0.3, 0.0, 0.3) for i in range(2)]
     out = grid_claims(rows)

@@ -8,8 +8,8 @@ import pytest
 from kedro.config import OmegaConfigLoader
 
 from ziplora_pipeline import settings
-from ziplora_pipeline.core.lora_training import ATTENTION_PROJECTIONS
-from ziplora_pipeline.params import validate_parameters
+from ziplora_pipeline.core.lora.training import ATTENTION_PROJECTIONS
+from ziplora_pipeline.kedro_glue.params import validate_parameters
 
 from .conftest import PROJECT_ROOT
 

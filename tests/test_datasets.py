@@ -9,7 +9,7 @@ import torch
 from kedro.io.core import DatasetError, Version
 from PIL import Image
 
-from ziplora_pipeline.core.lora_io import LoraFile, pack_lora_file
+from ziplora_pipeline.core.lora.io import LoraFile, pack_lora_file
 from ziplora_pipeline.datasets import (
     BinaryDataset,
     CheckpointStoreDataset,

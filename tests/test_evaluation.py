@@ -11,16 +11,16 @@ import torch
 from PIL import Image
 
 from ziplora_pipeline.core.config_utils import ConfigError, from_dict
-from ziplora_pipeline.core.contact_sheet import GUTTER, contact_sheet, sheet_layout
-from ziplora_pipeline.core.evaluation import COLUMNS, EvaluationConfig, headline, metrics_frame
-from ziplora_pipeline.core.generation import GenerationConfig, prompt_token_warnings
-from ziplora_pipeline.core.image_metrics import EncoderConfig, alignment, harmonic, load_encoders, neutral_prompt
+from ziplora_pipeline.core.evaluation.contact_sheet import GUTTER, contact_sheet, sheet_layout
+from ziplora_pipeline.core.evaluation.judges import COLUMNS, EvaluationConfig, headline, metrics_frame
+from ziplora_pipeline.core.evaluation.generation import GenerationConfig, prompt_token_warnings
+from ziplora_pipeline.core.evaluation.image_metrics import EncoderConfig, alignment, harmonic, load_encoders, neutral_prompt
 from ziplora_pipeline.core.images import ImageInputError
-from ziplora_pipeline.core.lora_training import LoraTrainingConfig, _group, train_lora
-from ziplora_pipeline.core.report import markdown_table, metrics_chart, render_report
-from ziplora_pipeline.core.sdxl import encode_concept
+from ziplora_pipeline.core.lora.training import LoraTrainingConfig, _group, train_lora
+from ziplora_pipeline.core.evaluation.report import markdown_table, metrics_chart, render_report
+from ziplora_pipeline.core.diffusion.sdxl import encode_concept
 from ziplora_pipeline.datasets import FileBundleDataset, LoraSetDataset
-from ziplora_pipeline.params import validate_parameters
+from ziplora_pipeline.kedro_glue.params import validate_parameters
 from ziplora_pipeline.pipelines.data_prep.nodes import combine_for_joint
 
 
@@ -189,7 +189,7 @@ def test_parameter_validation_names_a_bad_method_before_any_run():
 # ---- datasets ---------------------------------------------------------------------------------
 
 def test_lora_set_and_file_bundle_round_trip(tmp_path):
-    from ziplora_pipeline.core.lora_io import LoraFile
+    from ziplora_pipeline.core.lora.io import LoraFile
 
     lora = LoraFile({"unet.x.lora_A.weight": torch.ones(2, 3)}, {"format": "pt"})
     ds = LoraSetDataset(filepath=str(tmp_path / "methods"))

@@ -9,11 +9,11 @@ import logging
 import pytest
 import torch
 
-from ziplora_pipeline.core.base_model import (BaseModelConfig, BaseModelError, check_sdxl_folder, load_base_pipeline,
+from ziplora_pipeline.core.diffusion.base_model import (BaseModelConfig, BaseModelError, check_sdxl_folder, load_base_pipeline,
                                               model_family, resolve_device, resolve_dtype)
-from ziplora_pipeline.core.lora_io import LoraFormatError, check_family
-from ziplora_pipeline.core.lora_training import LoraTrainingConfig, train_lora
-from ziplora_pipeline.core.sdxl import encode_concept
+from ziplora_pipeline.core.lora.io import LoraFormatError, check_family
+from ziplora_pipeline.core.lora.training import LoraTrainingConfig, train_lora
+from ziplora_pipeline.core.diffusion.sdxl import encode_concept
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +31,9 @@ def test_sd15_miniature_is_detected_and_loads_through_from_pretrained(sd15_cfg):
 
 
 def test_sd15_lora_trains_merges_and_is_refused_by_sdxl(sd15_cfg, base_cfg, subject_images):
-    from ziplora_pipeline.core.lora_factors import unet_lora_factors
-    from ziplora_pipeline.core.merge import MergeConfig, ziplora_merge
-    from ziplora_pipeline.core.sdxl import training_scheduler
+    from ziplora_pipeline.core.lora.factors import unet_lora_factors
+    from ziplora_pipeline.core.merging.optimise import MergeConfig, ziplora_merge
+    from ziplora_pipeline.core.diffusion.sdxl import training_scheduler
 
     inputs, loras = {}, {}
     for i, name in enumerate(("subject", "style")):
@@ -83,7 +83,7 @@ def test_local_rank_picks_the_process_gpu(monkeypatch):
 
 def test_sd15_env_parameters_validate():
     from ziplora_pipeline import settings
-    from ziplora_pipeline.params import validate_parameters
+    from ziplora_pipeline.kedro_glue.params import validate_parameters
 
     from .test_config import CONF
 

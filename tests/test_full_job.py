@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ziplora_pipeline.core.methods import DEFAULT_METHODS
+from ziplora_pipeline.core.merging.method import DEFAULT_METHODS
 
 from .conftest import PROJECT_ROOT
 

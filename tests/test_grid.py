@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from ziplora_pipeline.core.config_utils import ConfigError, from_dict
-from ziplora_pipeline.core.grid import GridConfig
+from ziplora_pipeline.core.evaluation.grid import GridConfig
 from ziplora_pipeline.pipelines.grid.pipeline import build_grid_pipeline
 
 SUBJECTS = {"robot": {"token": "sks", "noun": "robot"}, "cup": {"token": "qlx", "noun": "cup"}}
@@ -123,7 +123,7 @@ def test_grid_run_then_a_new_style_reruns_only_what_is_new(fresh_project):
 
 
 def test_pair_prompts_are_the_claims_groups_with_an_unseen_object_per_style():
-    from ziplora_pipeline.core.grid import pair_methods, pair_prompts
+    from ziplora_pipeline.core.evaluation.grid import pair_methods, pair_prompts
 
     cfg = grid()
     concepts = cfg.concepts()

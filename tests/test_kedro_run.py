@@ -221,8 +221,8 @@ def test_merge_two_lora_files_the_user_already_has(fresh_project, mini_model_pat
     file holds both LoRAs' layers: the UNet's merged per column, the text encoders' combined directly."""
     from diffusers import UNet2DConditionModel
 
-    from ziplora_pipeline.core.lora_factors import LoraFactors, text_encoder_lora_factors, unet_lora_factors
-    from ziplora_pipeline.core.merge_export import factors_to_lora_file, to_kohya
+    from ziplora_pipeline.core.lora.factors import LoraFactors, text_encoder_lora_factors, unet_lora_factors
+    from ziplora_pipeline.core.merging.export import factors_to_lora_file, to_kohya
     from ziplora_pipeline.datasets.lora_safetensors import read_lora_file
 
     from .test_merge import _to_sgm
@@ -277,7 +277,7 @@ def test_merge_two_lora_files_the_user_already_has(fresh_project, mini_model_pat
 
 def test_a_plain_kedro_command_prints_no_third_party_warning():
     """`kedro registry list` loads every plugin (kedro-mlflow, kedro-dagster and its dagster-mlflow): no warning
-    line reaches the user (the known harmless ones are filtered in quiet.py, each by its own message)."""
+    line reaches the user (the known harmless ones are filtered in kedro_glue/quiet.py, each by its own message)."""
     from .conftest import PROJECT_ROOT
 
     proc = _kedro(PROJECT_ROOT, "registry", "list")

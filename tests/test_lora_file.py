@@ -14,8 +14,8 @@ from peft.utils import get_peft_model_state_dict
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ziplora_pipeline.core.lora_io import LORA_ADAPTER_METADATA_KEY, load_lora_file
-from ziplora_pipeline.core.lora_training import ATTENTION_PROJECTIONS, LoraTrainingConfig, train_lora
+from ziplora_pipeline.core.lora.io import LORA_ADAPTER_METADATA_KEY, load_lora_file
+from ziplora_pipeline.core.lora.training import ATTENTION_PROJECTIONS, LoraTrainingConfig, train_lora
 from ziplora_pipeline.datasets import LoraSafetensorsDataset
 
 ADAPTER = "subject"

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ziplora_pipeline.hooks import MemoryHooks, _proc_status_gb, _reset_peak_rss
+from ziplora_pipeline.kedro_glue.hooks import MemoryHooks, _proc_status_gb, _reset_peak_rss
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
 

@@ -9,15 +9,15 @@ import pytest
 import torch
 from PIL import Image
 
-from ziplora_pipeline.core.base_model import load_base_pipeline
+from ziplora_pipeline.core.diffusion.base_model import load_base_pipeline
 from ziplora_pipeline.core.images import square_resize
-from ziplora_pipeline.core.lora_factors import LoraFactors, check_against_unet, unet_lora_factors
-from ziplora_pipeline.core.lora_io import LoraFile, LoraFormatError
-from ziplora_pipeline.core.lora_training import LoraTrainingConfig, train_lora
-from ziplora_pipeline.core.merge import MergeConfig, build_teacher_pool, pool_terms, ziplora_merge
-from ziplora_pipeline.core.merge_export import factors_to_lora_file, merged_factors, to_kohya
-from ziplora_pipeline.core.sdxl import encode_concept, training_scheduler
-from ziplora_pipeline.core.ziplora import attach_ziplora, detach_ziplora, load_merger_state_dict, set_mergers
+from ziplora_pipeline.core.lora.factors import LoraFactors, check_against_unet, unet_lora_factors
+from ziplora_pipeline.core.lora.io import LoraFile, LoraFormatError
+from ziplora_pipeline.core.lora.training import LoraTrainingConfig, train_lora
+from ziplora_pipeline.core.merging.optimise import MergeConfig, build_teacher_pool, pool_terms, ziplora_merge
+from ziplora_pipeline.core.merging.export import factors_to_lora_file, merged_factors, to_kohya
+from ziplora_pipeline.core.diffusion.sdxl import encode_concept, training_scheduler
+from ziplora_pipeline.core.merging.ziplora_layer import attach_ziplora, detach_ziplora, load_merger_state_dict, set_mergers
 from ziplora_pipeline.datasets.lora_safetensors import LoraSafetensorsDataset
 
 from .conftest import RESOLUTION
@@ -109,7 +109,7 @@ def test_fresh_draws_and_held_out_figures(base_cfg, concepts, merged):
     assert fixed.heldout_initial.keys() == fixed.initial.keys()
     assert fixed.heldout_initial["recon_subject"] != pytest.approx(fixed.initial["recon_subject"], rel=1e-3)
     calls = []
-    import ziplora_pipeline.core.merge as M
+    import ziplora_pipeline.core.merging.optimise as M
 
     real = M.build_teacher_pool
     try:
@@ -156,7 +156,7 @@ def test_one_hot_mergers_reproduce_each_lora(base_cfg, concepts, unet_probe):
     wrappers = attach_ziplora(zip_pipe.unet, concepts["factors"])
     for name in ("subject", "style"):
         ref = load_base_pipeline(base_cfg)
-        from ziplora_pipeline.core.lora_io import load_lora_file
+        from ziplora_pipeline.core.lora.io import load_lora_file
 
         load_lora_file(ref, concepts["files"][name], name)
         with set_mergers(wrappers, {name: 1.0}):
@@ -230,7 +230,7 @@ def _to_sgm(kohya: LoraFile, layers_per_block: int) -> LoraFile:
 def test_kohya_sgm_names_parse_to_the_same_layers_with_the_unet_config(base_cfg, concepts):
     """Kohya SDXL files name blocks the SGM way; with the UNet's config they parse to the same module paths and
     ΔW as the diffusers file (before: wrong paths, then refused as another model family); without it, a clear error."""
-    from ziplora_pipeline.core.base_model import base_unet_config
+    from ziplora_pipeline.core.diffusion.base_model import base_unet_config
 
     lora = factors_to_lora_file(concepts["factors"]["style"])
     config = base_unet_config(base_cfg)
@@ -288,9 +288,9 @@ def test_foreign_files_with_text_encoder_and_1x1_conv_parts_merge_and_load_in_pl
     on the UNet (conv included, per input channel) and ΔW = Σ c_i ΔW_i on the text encoders (combined directly)."""
     from safetensors.torch import save_file
 
-    from ziplora_pipeline.core.base_model import base_unet_config
-    from ziplora_pipeline.core.lora_factors import text_encoder_lora_factors
-    from ziplora_pipeline.core.merge_export import combined_text_encoders, text_encoder_parts
+    from ziplora_pipeline.core.diffusion.base_model import base_unet_config
+    from ziplora_pipeline.core.lora.factors import text_encoder_lora_factors
+    from ziplora_pipeline.core.merging.export import combined_text_encoders, text_encoder_parts
 
     pipe = load_base_pipeline(base_cfg)
     config = base_unet_config(base_cfg)
@@ -412,7 +412,7 @@ def test_text_encoder_parts_in_an_unknown_layout_are_named_in_a_warning(concepts
     state = {**lora.state_dict, "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.hada_w1_a": torch.zeros(2, 32)}
     with caplog.at_level(logging.WARNING):
         factors = unet_lora_factors(LoraFile(state, lora.metadata), "style")
-        from ziplora_pipeline.core.lora_factors import text_encoder_lora_factors
+        from ziplora_pipeline.core.lora.factors import text_encoder_lora_factors
 
         assert text_encoder_lora_factors(LoraFile(state, lora.metadata), "style") == {}
     assert set(factors) == set(concepts["factors"]["style"])
@@ -431,8 +431,8 @@ def test_merge_config_rejects_bad_values():
 def test_kohya_copy_carries_the_base_model_and_trigger_words_a1111_reads():
     import json
 
-    from ziplora_pipeline.core.merge_export import kohya_metadata
-    from ziplora_pipeline.core.lora_factors import LoraFactors
+    from ziplora_pipeline.core.merging.export import kohya_metadata
+    from ziplora_pipeline.core.lora.factors import LoraFactors
 
     g = torch.Generator().manual_seed(0)
     lora = factors_to_lora_file({"down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q": LoraFactors(

@@ -7,19 +7,19 @@ import pytest
 import torch
 from PIL import Image
 
-from ziplora_pipeline.core.base_model import load_base_pipeline
+from ziplora_pipeline.core.diffusion.base_model import load_base_pipeline
 from ziplora_pipeline.core.config_utils import ConfigError
-from ziplora_pipeline.core.fidelity import fidelity_table, make_probe, output_fidelity, predict
-from ziplora_pipeline.core.generation import GenerationConfig, generate, image_name
+from ziplora_pipeline.core.evaluation.fidelity import fidelity_table, make_probe, output_fidelity, predict
+from ziplora_pipeline.core.evaluation.generation import GenerationConfig, generate, image_name
 from ziplora_pipeline.core.images import square_resize
-from ziplora_pipeline.core.k_lora import KLoRA, KLoraConfig, choose, magnitude_ratio
-from ziplora_pipeline.core.lora_factors import LoraFactors, unet_lora_factors
-from ziplora_pipeline.core.lora_training import LoraTrainingConfig, train_lora
-from ziplora_pipeline.core.merge import MergeConfig, ziplora_merge
-from ziplora_pipeline.core.merge_export import factors_to_lora_file, merged_factors
-from ziplora_pipeline.core.method_build import MethodBuilder
-from ziplora_pipeline.core.methods import DEFAULT_METHODS, MethodAssets, lora_applied, parse_method
-from ziplora_pipeline.core.sdxl import encode_concept, training_scheduler
+from ziplora_pipeline.core.merging.k_lora import KLoRA, KLoraConfig, choose, magnitude_ratio
+from ziplora_pipeline.core.lora.factors import LoraFactors, unet_lora_factors
+from ziplora_pipeline.core.lora.training import LoraTrainingConfig, train_lora
+from ziplora_pipeline.core.merging.optimise import MergeConfig, ziplora_merge
+from ziplora_pipeline.core.merging.export import factors_to_lora_file, merged_factors
+from ziplora_pipeline.core.merging.build import MethodBuilder
+from ziplora_pipeline.core.merging.method import DEFAULT_METHODS, MethodAssets, lora_applied, parse_method
+from ziplora_pipeline.core.diffusion.sdxl import encode_concept, training_scheduler
 from ziplora_pipeline.datasets.lora_safetensors import LoraSafetensorsDataset
 
 from .conftest import RESOLUTION

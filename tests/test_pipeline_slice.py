@@ -8,9 +8,9 @@ import pytest
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
-from ziplora_pipeline.core.checkpoints import CheckpointStore
-from ziplora_pipeline.core.lora_io import LoraFile
-from ziplora_pipeline.core.lora_training import ATTENTION_PROJECTIONS
+from ziplora_pipeline.core.lora.checkpoints import CheckpointStore
+from ziplora_pipeline.core.lora.io import LoraFile
+from ziplora_pipeline.core.lora.training import ATTENTION_PROJECTIONS
 from ziplora_pipeline.pipelines import data_prep, subject_lora
 
 from .conftest import RESOLUTION, STYLE_PARAMS, SUBJECT_PARAMS

@@ -1,10 +1,10 @@
-"""The paper's two premises (core/premises.py) on tiny hand-built ΔW with a known answer."""
+"""The paper's two premises (core/merging/premises.py) on tiny hand-built ΔW with a known answer."""
 
 import pytest
 import torch
 
-from ziplora_pipeline.core.lora_factors import LoraFactors
-from ziplora_pipeline.core.premises import (
+from ziplora_pipeline.core.lora.factors import LoraFactors
+from ziplora_pipeline.core.merging.premises import (
     column_alignment_by_group, group_layers, layer_group, premises_table, sparsity_by_group)
 
 SELF = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
@@ -107,7 +107,7 @@ def test_alignment_against_its_shuffled_chance_level():
 
 
 def test_weight_share_of_the_smallest_entries_against_the_gaussian_reference():
-    from ziplora_pipeline.core.premises import gaussian_pruned, weight_pruned
+    from ziplora_pipeline.core.merging.premises import gaussian_pruned, weight_pruned
 
     # closed form of the dense reference: the 90 % smallest of i.i.d. normal entries hold 56.1 % of the energy
     assert gaussian_pruned(0.9) == pytest.approx(0.749, abs=1e-3) and gaussian_pruned(0.5) == pytest.approx(0.267, abs=1e-3)

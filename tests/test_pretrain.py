@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ziplora_pipeline.core.checkpoints import CheckpointStore
-from ziplora_pipeline.core.miniature import build_miniature_sdxl
+from ziplora_pipeline.core.lora.checkpoints import CheckpointStore
+from ziplora_pipeline.core.diffusion.miniature import build_miniature_sdxl
 from ziplora_pipeline.core.toy_world.config import ToyModelSpec
 from ziplora_pipeline.core.toy_world.data import PoolConfig, render_pool
 from ziplora_pipeline.core.toy_world.pretrain import (UnetTrainingConfig, VaeTrainingConfig, encode_images,

@@ -9,8 +9,8 @@ import pytest
 import torch
 from peft.utils import get_peft_model_state_dict
 
-from ziplora_pipeline.core.checkpoints import CheckpointStore, run_key
-from ziplora_pipeline.core.lora_training import LoraTrainingConfig, train_lora
+from ziplora_pipeline.core.lora.checkpoints import CheckpointStore, run_key
+from ziplora_pipeline.core.lora.training import LoraTrainingConfig, train_lora
 
 ADAPTER = "subject"
 CFG = LoraTrainingConfig(rank=4, alpha=8, steps=6, checkpoint_every=2, learning_rate=1e-2, seed=3)

@@ -1,10 +1,10 @@
-"""The second judge (core/second_judge.py): ImageNet EfficientNet-Lite0 loaded by name with every shape checked."""
+"""The second judge (core/evaluation/second_judge.py): ImageNet EfficientNet-Lite0 loaded by name with every shape checked."""
 
 import pytest
 import torch
 from PIL import Image
 
-from ziplora_pipeline.core.second_judge import (
+from ziplora_pipeline.core.evaluation.second_judge import (
     EfficientNetJudge, EfficientNetLite0, JudgeWeightsError, load_efficientnet_lite0, packaged_weights)
 
 

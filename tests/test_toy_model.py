@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ziplora_pipeline.core.base_model import BaseModelConfig, BaseModelError, load_base_pipeline
+from ziplora_pipeline.core.diffusion.base_model import BaseModelConfig, BaseModelError, load_base_pipeline
 
 from .conftest import PROJECT_ROOT
 

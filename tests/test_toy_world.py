@@ -50,7 +50,7 @@ def test_pool_never_draws_the_subject_or_heldout_combinations():
 
 
 def test_tokenizer_keeps_world_words_whole_and_rare_tokens_split():
-    from ziplora_pipeline.core.miniature import _tokenizer
+    from ziplora_pipeline.core.diffusion.miniature import _tokenizer
 
     tok = _tokenizer(WORDS)
     assert [w for w in WORDS if len(w) > 1 and len(tok(w).input_ids) != 3] == []  # bos, one token, eos

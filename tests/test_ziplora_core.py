@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from ziplora_pipeline.core.lora_factors import LoraFactors
-from ziplora_pipeline.core.merge_export import factors_to_lora_file, merged_factors
-from ziplora_pipeline.core.ziplora import (ZipLoRALinear, attach_ziplora, detach_ziplora, mean_abs_cosine,
+from ziplora_pipeline.core.lora.factors import LoraFactors
+from ziplora_pipeline.core.merging.export import factors_to_lora_file, merged_factors
+from ziplora_pipeline.core.merging.ziplora_layer import (ZipLoRALinear, attach_ziplora, detach_ziplora, mean_abs_cosine,
                                           merger_state_dict, overlap_penalty, set_mergers)
 
 IN, OUT = 12, 10

@@ -25,7 +25,7 @@ def register_pipelines() -> dict[str, Pipeline]:
                  if name != "__default__"}
     job = sum((p for name, p in pipelines.items() if name not in NOT_IN_JOB), Pipeline([]))
     if "grid" in pipelines:  # `kedro run` runs the grid where conf says so (conf/grid: grid.replace_default_job)
-        from .grid_config import current_grid_config
+        from .kedro_glue.grid_config import current_grid_config
 
         if current_grid_config().replace_default_job:
             job = pipelines["grid"]

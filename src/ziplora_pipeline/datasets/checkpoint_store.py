@@ -11,7 +11,7 @@ from typing import Any
 
 from kedro.io.core import AbstractDataset, DatasetError
 
-from ..core.checkpoints import CheckpointStore
+from ..core.lora.checkpoints import CheckpointStore
 
 
 class CheckpointStoreDataset(AbstractDataset[None, CheckpointStore]):

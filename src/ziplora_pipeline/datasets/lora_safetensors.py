@@ -6,7 +6,7 @@ from kedro.io.core import DatasetError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..core.lora_io import LoraFile
+from ..core.lora.io import LoraFile
 from ._atomic import atomic_path
 from ._base import LocalVersionedDataset
 

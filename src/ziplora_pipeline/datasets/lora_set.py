@@ -7,7 +7,7 @@ from pathlib import Path
 from kedro.io.core import DatasetError
 from safetensors.torch import save_file
 
-from ..core.lora_io import LoraFile
+from ..core.lora.io import LoraFile
 from ._atomic import atomic_path
 from ._base import LocalVersionedDataset
 from .lora_safetensors import read_lora_file

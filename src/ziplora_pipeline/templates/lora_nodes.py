@@ -11,15 +11,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from ..core.base_model import BaseModelConfig, load_base_pipeline  # noqa: E402
-from ..core.checkpoints import CheckpointStore  # noqa: E402
+from ..core.diffusion.base_model import BaseModelConfig, load_base_pipeline  # noqa: E402
+from ..core.lora.checkpoints import CheckpointStore  # noqa: E402
 from ..core.config_utils import from_dict  # noqa: E402
-from ..core.cost import measure  # noqa: E402
+from ..core.evaluation.cost import measure  # noqa: E402
 from ..core.images import images_to_tensor  # noqa: E402
-from ..core.lora_io import LoraFile  # noqa: E402
-from ..core.lora_training import LoraTrainingConfig, train_lora  # noqa: E402
-from ..core.sdxl import encode_concept  # noqa: E402
-from ..tracking import step_logger  # noqa: E402
+from ..core.lora.io import LoraFile  # noqa: E402
+from ..core.lora.training import LoraTrainingConfig, train_lora  # noqa: E402
+from ..core.diffusion.sdxl import encode_concept  # noqa: E402
+from ..kedro_glue.tracking import step_logger  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

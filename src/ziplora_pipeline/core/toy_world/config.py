@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..config_utils import require
-from ..miniature import MiniatureSpec
+from ..diffusion.miniature import MiniatureSpec
 from .data import WORDS, PoolConfig
 from .judge_training import JudgeTrainingConfig
 from .pretrain import UnetTrainingConfig, VaeTrainingConfig

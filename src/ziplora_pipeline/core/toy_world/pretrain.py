@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..checkpoints import CheckpointStore, run_key
+from ..lora.checkpoints import CheckpointStore, run_key
 from ..config_utils import require
 
 logger = logging.getLogger(__name__)

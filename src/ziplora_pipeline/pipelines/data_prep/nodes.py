@@ -8,9 +8,9 @@ from typing import Callable
 from PIL import Image
 
 from ...core.config_utils import from_dict
-from ...core.contact_sheet import check_same_size
+from ...core.evaluation.contact_sheet import check_same_size
 from ...core.images import ImageInputError, prepare_image
-from ...params import ConceptDataConfig
+from ...kedro_glue.params import ConceptDataConfig
 
 logger = logging.getLogger(__name__)
 

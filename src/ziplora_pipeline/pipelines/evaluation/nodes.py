@@ -9,20 +9,20 @@ from datetime import datetime, timezone
 import pandas as pd
 from PIL import Image
 
-from ...core.base_model import BaseModelConfig, load_base_pipeline, resolve_device
+from ...core.diffusion.base_model import BaseModelConfig, load_base_pipeline, resolve_device
 from ...core.config_utils import from_dict
-from ...core.contact_sheet import check_same_size
-from ...core.evaluation import EvaluationConfig, headline, load_judges, metrics_frame
-from ...core.fidelity import fidelity_table, make_probe
-from ...core.generation import GenerationConfig
-from ...core.image_metrics import harmonic, image_scores
-from ...core.lora_io import LoraFile
-from ...core.methods import MethodAssets
-from ...core.report import (
+from ...core.evaluation.contact_sheet import check_same_size
+from ...core.evaluation.judges import EvaluationConfig, headline, load_judges, metrics_frame
+from ...core.evaluation.fidelity import fidelity_table, make_probe
+from ...core.evaluation.generation import GenerationConfig
+from ...core.evaluation.image_metrics import harmonic, image_scores
+from ...core.lora.io import LoraFile
+from ...core.merging.method import MethodAssets
+from ...core.evaluation.report import (
     claims_section, judged_chart, markdown_table, metrics_chart, png_bytes, premises_section, render_report, report_html)
-from ...core.claims import summarise_axes
-from ...core.verdict import AXES, judged_frame, verdict
-from ...tracking import step_logger
+from ...core.evaluation.claims import summarise_axes
+from ...core.evaluation.verdict import AXES, judged_frame, verdict
+from ...kedro_glue.tracking import step_logger
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def image_metrics(generated_images: dict[str, Image.Image], generation_manifest:
                   style_prompt: dict, evaluation_params: dict, base_params: dict) -> dict:
     """Judged scores per method: subject (DINO or the toy identity judge), style (CLIP-I or the toy style
     judge), prompt (CLIP-T or the toy attribute judge), the prompted object drawn, and the second judge's subject
-    and style scores; per image, per prompt group (the paper's claims, core/claims.py) and over
+    and style scores; per image, per prompt group (the paper's claims, core/evaluation/claims.py) and over
     ``evaluation.image_groups`` (the main table), as means with 95 % intervals over seeds."""
     cfg = from_dict(EvaluationConfig, evaluation_params, "evaluation")
     device = resolve_device(from_dict(BaseModelConfig, base_params, "base_model").device)

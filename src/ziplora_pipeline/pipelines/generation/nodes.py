@@ -7,13 +7,13 @@ import time
 
 from PIL import Image
 
-from ...core.base_model import BaseModelConfig, base_unet_config, load_base_pipeline, model_family, resolve_device
+from ...core.diffusion.base_model import BaseModelConfig, base_unet_config, load_base_pipeline, model_family, resolve_device
 from ...core.config_utils import from_dict
-from ...core.contact_sheet import contact_sheet
-from ...core.generation import GenerationConfig, generate, image_name, prompt_token_warnings
-from ...core.lora_io import LoraFile, check_family
-from ...core.method_build import MethodBuilder
-from ...core.methods import MethodAssets
+from ...core.evaluation.contact_sheet import contact_sheet
+from ...core.evaluation.generation import GenerationConfig, generate, image_name, prompt_token_warnings
+from ...core.lora.io import LoraFile, check_family
+from ...core.merging.build import MethodBuilder
+from ...core.merging.method import MethodAssets
 
 logger = logging.getLogger(__name__)
 

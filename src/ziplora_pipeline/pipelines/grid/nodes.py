@@ -11,17 +11,17 @@ from typing import Callable
 
 from PIL import Image
 
-from ...core.base_model import BaseModelConfig, load_base_pipeline, resolve_device
+from ...core.diffusion.base_model import BaseModelConfig, load_base_pipeline, resolve_device
 from ...core.config_utils import from_dict
-from ...core.contact_sheet import contact_sheet
-from ...core.claims import claim_rows, grid_claims, grid_claims_markdown
-from ...core.evaluation import EvaluationConfig, load_judges
-from ...core.generation import GenerationConfig, PromptItem
-from ...core.grid import (
+from ...core.evaluation.contact_sheet import contact_sheet
+from ...core.evaluation.claims import claim_rows, grid_claims, grid_claims_markdown
+from ...core.evaluation.judges import EvaluationConfig, load_judges
+from ...core.evaluation.generation import GenerationConfig, PromptItem
+from ...core.evaluation.grid import (
     COMPARED, GridConfig, concept_template, generate_methods, judge_method, pair_files, pair_methods, pair_name,
     pair_prompts, strength_name, unseen_object)
-from ...core.image_metrics import TOY_MARKER
-from ...core.lora_io import LoraFile
+from ...core.evaluation.image_metrics import TOY_MARKER
+from ...core.lora.io import LoraFile
 from ...templates.lora_nodes import train_lora_node
 from ..data_prep.nodes import prepare_concept
 
@@ -73,7 +73,7 @@ def judge_pair(images: dict[str, Image.Image], subject_images: dict[str, Image.I
                style_images: dict[str, Image.Image], subject_prompt: dict, style_prompt: dict, grid_params: dict,
                evaluation_params: dict, base_params: dict, pair: str) -> dict:
     """One pair's judged scores per method and prompt group (both judges, 95 % intervals over seeds) and its claim
-    figures (core/claims.py: (a)-(c) per method; ``judged``: the merge and recontext groups together, for (d))."""
+    figures (core/evaluation/claims.py: (a)-(c) per method; ``judged``: the merge and recontext groups together, for (d))."""
     cfg, ev = _grid(grid_params), from_dict(EvaluationConfig, evaluation_params, "evaluation")
     subject, style = _pair(cfg, subject_prompt, style_prompt)
     prompts = pair_prompts(cfg, subject, style)
@@ -134,7 +134,7 @@ def grid_sheets(grid_params: dict, **inputs) -> dict[str, Image.Image]:
 
 
 def grid_table(grid_params: dict, evaluation_params: dict, **scores) -> tuple[dict, str]:
-    """The paper's claims over the grid's pairs (core/claims.py ``grid_claims``: each pair's figure its mean over
+    """The paper's claims over the grid's pairs (core/evaluation/claims.py ``grid_claims``: each pair's figure its mean over
     seeds, 95 % intervals over pairs, ZipLoRA − direct merge paired by pair, both judges and their agreement; no
     interval below 3 pairs), as JSON and as a Markdown report."""
     cfg = _grid(grid_params)

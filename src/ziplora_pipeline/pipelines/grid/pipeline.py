@@ -15,7 +15,7 @@ from functools import partial, update_wrapper
 
 from kedro.pipeline import Node, Pipeline
 
-from ...core.grid import GridConfig, pair_name
+from ...core.evaluation.grid import GridConfig, pair_name
 from ..merge.nodes import direct_merge, zip_merge
 from .nodes import generate_pair, grid_sheets, grid_table, judge_pair, prepare_grid_concept, train_grid_concept_lora
 
@@ -120,6 +120,6 @@ def build_grid_pipeline(cfg: GridConfig) -> Pipeline:
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    from ...grid_config import current_grid_config
+    from ...kedro_glue.grid_config import current_grid_config
 
     return build_grid_pipeline(current_grid_config())

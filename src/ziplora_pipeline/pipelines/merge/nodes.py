@@ -12,21 +12,21 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from ...core.base_model import BaseModelConfig, load_base_pipeline, model_family  # noqa: E402
+from ...core.diffusion.base_model import BaseModelConfig, load_base_pipeline, model_family  # noqa: E402
 from ...core.config_utils import from_dict  # noqa: E402
-from ...core.cost import measure  # noqa: E402
-from ...core.lora_factors import check_against_unet, unet_lora_factors  # noqa: E402
-from ...core.lora_io import LoraFile, check_family  # noqa: E402
-from ...core.merge import MergeConfig, ziplora_merge  # noqa: E402
-from ...core.fidelity import make_probe, predict  # noqa: E402
-from ...core.merge_analysis import column_alignment, merger_cosines, sparsity, summarise  # noqa: E402
-from ...core.premises import (  # noqa: E402
+from ...core.evaluation.cost import measure  # noqa: E402
+from ...core.lora.factors import check_against_unet, unet_lora_factors  # noqa: E402
+from ...core.lora.io import LoraFile, check_family  # noqa: E402
+from ...core.merging.optimise import MergeConfig, ziplora_merge  # noqa: E402
+from ...core.evaluation.fidelity import make_probe, predict  # noqa: E402
+from ...core.merging.analysis import column_alignment, merger_cosines, sparsity, summarise  # noqa: E402
+from ...core.merging.premises import (  # noqa: E402
     PREMISE_DRAWS, PREMISE_SEED, column_alignment_by_group, premises_table, sparsity_by_group)
-from ...core.merge_export import (  # noqa: E402
+from ...core.merging.export import (  # noqa: E402
     combined_text_encoders, factors_to_lora_file, kohya_metadata, merged_factors, text_encoder_parts, to_kohya,
     ziplora_file)
-from ...core.sdxl import encode_concept, training_scheduler  # noqa: E402
-from ...tracking import step_logger  # noqa: E402
+from ...core.diffusion.sdxl import encode_concept, training_scheduler  # noqa: E402
+from ...kedro_glue.tracking import step_logger  # noqa: E402
 
 logger = logging.getLogger(__name__)
 NAMES = ("subject", "style")
@@ -127,7 +127,7 @@ def analyse_merge(subject_lora: LoraFile, style_lora: LoraFile, mergers: dict[st
                   subject_images: dict[str, Image.Image], subject_prompt: dict, style_images: dict[str, Image.Image],
                   style_prompt: dict, base_params: dict) -> tuple[dict, plt.Figure]:
     """Column alignment, merger overlap before/after, sparsity and the paper's two premises per layer group
-    (§3: sparsity and column alignment with its shuffled chance level, core/premises.py)."""
+    (§3: sparsity and column alignment with its shuffled chance level, core/merging/premises.py)."""
     pipe = load_base_pipeline(from_dict(BaseModelConfig, base_params, "base_model"))
     loras = _factors(subject_lora, style_lora, pipe)
     align = column_alignment(loras["subject"], loras["style"])

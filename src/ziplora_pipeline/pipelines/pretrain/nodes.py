@@ -11,13 +11,13 @@ import logging
 
 import torch
 
-from ...core.checkpoints import CheckpointStore
+from ...core.lora.checkpoints import CheckpointStore
 from ...core.config_utils import from_dict
-from ...core.miniature import build_miniature_sdxl
+from ...core.diffusion.miniature import build_miniature_sdxl
 from ...core.toy_world.config import PretrainConfig
 from ...core.toy_world.data import render_pool
 from ...core.toy_world.pretrain import encode_images, finetune_decoder, set_scaling_factor, train_unet, train_vae
-from ...tracking import step_logger
+from ...kedro_glue.tracking import step_logger
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def pretrain_vae(pool: dict, pretrain_params: dict, checkpoints: CheckpointStore
 
 
 def _device(cfg: PretrainConfig) -> torch.device:
-    from ...core.base_model import resolve_device
+    from ...core.diffusion.base_model import resolve_device
 
     return torch.device("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" \
         else resolve_device(cfg.device)
@@ -127,8 +127,8 @@ def train_toy_judges(pretrain_params: dict) -> tuple[dict, dict]:
 def check_toy_model(toy_sdxl: str, toy_judges: str, pretrain_params: dict) -> tuple[dict, dict]:
     """Judge the pretrained model through ``from_pretrained``: VAE reconstructions (the ceiling) and the base
     model's samples of held-out class × colour × style prompts; returns the report and a sample sheet."""
-    from ...core.base_model import BaseModelConfig, load_base_pipeline
-    from ...core.contact_sheet import contact_sheet
+    from ...core.diffusion.base_model import BaseModelConfig, load_base_pipeline
+    from ...core.evaluation.contact_sheet import contact_sheet
     from ...core.toy_world.checks import check_base_model, reconstruction_check
     from ...core.toy_world.data import heldout_prompts
     from ...core.toy_world.judges import ToyAttributeEncoder

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .lora_io import LoraFile, LoraFormatError
+from .io import LoraFile, LoraFormatError
 
 logger = logging.getLogger(__name__)
 

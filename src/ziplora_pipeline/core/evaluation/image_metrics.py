@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .config_utils import require
+from ..config_utils import require
 
 logger = logging.getLogger(__name__)
 RANDOM_MARKER = "tiny_random_encoder.json"  # written beside the weights of a built random encoder
@@ -50,7 +50,7 @@ def build_tiny_clip(folder: str | Path, seed: int = 0) -> Path:
     """A random CLIPModel (32-wide, 2 layers, 32 px) with tokenizer and PIL image processor, saved at ``folder``."""
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
 
-    from .miniature import _tokenizer  # the miniature SDXL's offline byte-level CLIP tokenizer
+    from ..diffusion.miniature import _tokenizer  # the miniature SDXL's offline byte-level CLIP tokenizer
 
     torch.manual_seed(seed)
     tok = _tokenizer()
@@ -144,7 +144,7 @@ class ImageEncoders:
 
     clip: ClipEncoder | None = None  # style_scores, text_scores, object_drawn
     dino: DinoEncoder | None = None  # subject_scores
-    second: object | None = None  # the second judge (core/second_judge.py): subject_scores, style_scores
+    second: object | None = None  # the second judge (core/evaluation/second_judge.py): subject_scores, style_scores
     random: list[str] = field(default_factory=list)  # which of them are tiny random stand-ins
     toy: list[str] = field(default_factory=list)  # which of them are the toy world's trained judges
     notes: list[str] = field(default_factory=list)  # what could not be loaded, and what that skips
@@ -184,7 +184,7 @@ def load_encoders(cfgs: dict[str, EncoderConfig], device) -> ImageEncoders:
 
 
 def _toy_class(kind: str):
-    from .toy_world.judges import ToyAttributeEncoder, ToyIdentityEncoder
+    from ..toy_world.judges import ToyAttributeEncoder, ToyIdentityEncoder
 
     return {"clip": ToyAttributeEncoder, "dino": ToyIdentityEncoder}[kind]
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .methods import MethodAssets, MethodSpec, lora_applied
-from .sdxl import ConceptInputs, encode_concept, noisy_batch, predict_in_chunks, training_scheduler
+from ..merging.method import MethodAssets, MethodSpec, lora_applied
+from ..diffusion.sdxl import ConceptInputs, encode_concept, noisy_batch, predict_in_chunks, training_scheduler
 
 CONCEPTS = ("subject", "style")
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from .config_utils import require
-from .methods import DEFAULT_METHODS, MethodSpec, parse_methods
+from ..config_utils import require
+from ..merging.method import DEFAULT_METHODS, MethodSpec, parse_methods
 
 logger = logging.getLogger(__name__)
 

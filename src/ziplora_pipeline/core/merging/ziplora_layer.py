@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .lora_factors import LoraFactors, in_features, low_rank_branch
+from ..lora.factors import LoraFactors, in_features, low_rank_branch
 
 
 class ZipLoRALinear(nn.Module):

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from .config_utils import require
+from ..config_utils import require
 from .generation import GROUPS
 from .image_metrics import EncoderConfig
-from .methods import MethodSpec
+from ..merging.method import MethodSpec
 from .second_judge import SecondJudgeConfig
 
 METRICS = ("subject_fidelity", "style_fidelity", "clip_style", "dino_subject", "clip_text", "harmonic")

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from .lora_factors import LoraFactors
+from ..lora.factors import LoraFactors
 
 
 @torch.no_grad()

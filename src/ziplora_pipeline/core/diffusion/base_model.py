@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .config_utils import ConfigError, require
+from ..config_utils import ConfigError, require
 
 logger = logging.getLogger(__name__)
 

@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .config_utils import require
-from .lora_factors import LoraFactors
-from .sdxl import ConceptInputs, batch_conditioning, noisy_batch, predict_in_chunks, unet_call
-from .ziplora import (ZipLoRALinear, attach_ziplora, mean_abs_cosine, merger_parameters, merger_state_dict,
+from ..config_utils import require
+from ..lora.factors import LoraFactors
+from ..diffusion.sdxl import ConceptInputs, batch_conditioning, noisy_batch, predict_in_chunks, unet_call
+from .ziplora_layer import (ZipLoRALinear, attach_ziplora, mean_abs_cosine, merger_parameters, merger_state_dict,
                       overlap_penalty, set_mergers)
 
 logger = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ def ziplora_merge(unet, loras: dict[str, dict[str, LoraFactors]], inputs: dict[s
         on_step: called as ``on_step(step, **terms)`` after every optimiser step.
     """
     require(len(loras) >= 2 and set(loras) == set(inputs), "ziplora_merge needs >= 2 LoRAs, one input per LoRA.")
-    from .ziplora import detach_ziplora
+    from .ziplora_layer import detach_ziplora
 
     scheduler = scheduler or _default_scheduler()
     wrappers = attach_ziplora(unet, loras)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping
 
-from .core.config_utils import ConfigError
+from ..core.config_utils import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def check_inputs(pipeline, catalog, registered: Mapping[str, Any], params: Mappi
     ``raw_styles``) must hold the configured subject/style folder. Inputs nobody produces and that are
     not raw folders (checkpoint stores) are optional and not checked.
     """
-    from .pipelines.data_prep.nodes import RAW_INPUTS, concept_ids
+    from ..pipelines.data_prep.nodes import RAW_INPUTS, concept_ids
 
     inputs = {i for i in pipeline.inputs() if not i.startswith("params:") and i != "parameters"}
     nodes = {n.name for n in pipeline.nodes}
@@ -70,8 +70,8 @@ def check_inputs(pipeline, catalog, registered: Mapping[str, Any], params: Mappi
             folder = (params.get("data_prep", {}).get(concept) or {}).get("folder", "")
             concept_ids(partitions(name), folder, concept, root)
     if any(n.endswith(".prepare") for n in nodes):  # the grid: every concept folder it prepares, before any training
-        from .core.config_utils import from_dict
-        from .core.grid import GridConfig
+        from ..core.config_utils import from_dict
+        from ..core.evaluation.grid import GridConfig
 
         for concept, (kind, c) in from_dict(GridConfig, params.get("grid"), "grid").concepts().items():
             if f"{concept}.prepare" in nodes:

@@ -20,8 +20,8 @@ from collections import Counter
 
 import torch
 
-from .lora_factors import LoraFactors, text_encoder_lora_factors
-from .lora_io import LORA_ADAPTER_METADATA_KEY, LoraFile, pack_lora_file
+from ..lora.factors import LoraFactors, text_encoder_lora_factors
+from ..lora.io import LORA_ADAPTER_METADATA_KEY, LoraFile, pack_lora_file
 
 logger = logging.getLogger(__name__)
 

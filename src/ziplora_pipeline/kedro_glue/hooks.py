@@ -26,7 +26,7 @@ class PreflightHooks:
 
     @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
-        from .pipeline_registry import stage_pipelines
+        from ..pipeline_registry import stage_pipelines
 
         params = catalog["parameters"].load() if "parameters" in catalog else {}
         validate_parameters(params)
@@ -337,7 +337,7 @@ class MlflowArtifactHooks:
         if self._catalog is None:
             return
         dataset = self._catalog.get(dataset_name)
-        from .datasets import LoraSafetensorsDataset
+        from ..datasets import LoraSafetensorsDataset
 
         is_lora = isinstance(dataset, LoraSafetensorsDataset)
         artifact_path = (getattr(dataset, "metadata", None) or {}).get("mlflow_artifact_path")

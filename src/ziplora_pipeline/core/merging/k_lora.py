@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config_utils import require
-from .lora_factors import LoraFactors, low_rank_branch
+from ..config_utils import require
+from ..lora.factors import LoraFactors, low_rank_branch
 
 
 @dataclass(frozen=True)

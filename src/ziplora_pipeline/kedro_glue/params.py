@@ -10,14 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .core.base_model import BaseModelConfig
-from .core.config_utils import ConfigError, from_dict, require
-from .core.evaluation import EvaluationConfig
-from .core.generation import GenerationConfig
-from .core.grid import GridConfig
-from .core.lora_training import LoraTrainingConfig
-from .core.merge import MergeConfig
-from .core.toy_world.config import PretrainConfig
+from ..core.diffusion.base_model import BaseModelConfig
+from ..core.config_utils import ConfigError, from_dict, require
+from ..core.evaluation.judges import EvaluationConfig
+from ..core.evaluation.generation import GenerationConfig
+from ..core.evaluation.grid import GridConfig
+from ..core.lora.training import LoraTrainingConfig
+from ..core.merging.optimise import MergeConfig
+from ..core.toy_world.config import PretrainConfig
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .evaluation import METRICS, headline  # noqa: E402
+from .judges import METRICS, headline  # noqa: E402
 from .verdict import AXES  # noqa: E402
 
 # ZipLoRA paper (Shah et al. 2023), Table 2: mean cosine similarities over 4 subjects × 8 styles on SDXL.
@@ -117,7 +117,7 @@ def _judged_section(judged: pd.DataFrame | None, verdict: str | None, chart: str
 def claims_section(judged_groups: dict, judged: dict, compare: tuple[str, str], strengths: dict[str, float],
                    first_judge: str = "first judge") -> list[str]:
     """The paper's three claims (+ strength control) as markdown: verdict lines, the table, the strength curve,
-    and whether the second judge orders the methods as the first does (core/claims.py)."""
+    and whether the second judge orders the methods as the first does (core/evaluation/claims.py)."""
     from .claims import (CLAIM_COLUMNS, claim_rows, claims_frame, claims_verdict, judge_agreement, judges_verdict,
                          strength_curve)
 
@@ -149,7 +149,7 @@ def claims_section(judged_groups: dict, judged: dict, compare: tuple[str, str], 
 
 
 def premises_section(premises: dict | None) -> list[str]:
-    """The paper's two premises on this run's LoRAs, per layer group (core/premises.py)."""
+    """The paper's two premises on this run's LoRAs, per layer group (core/merging/premises.py)."""
     if not premises:
         return []
     table = pd.DataFrame(premises["table"])

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .checkpoints import CheckpointStore, run_key
-from .config_utils import require
-from .lora_io import LoraFile, lora_file_from_unet
-from .sdxl import ConceptInputs, diffusion_target, noisy_batch, training_scheduler, unet_predict
+from ..config_utils import require
+from .io import LoraFile, lora_file_from_unet
+from ..diffusion.sdxl import ConceptInputs, diffusion_target, noisy_batch, training_scheduler, unet_predict
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def train_lora(
     accelerator.wait_for_everyone()
     if checkpoints and accelerator.is_main_process:
         checkpoints.clear(key)  # finished: the LoRA itself is the artifact now
-    from .base_model import model_family
+    from ..diffusion.base_model import model_family
 
     lora = lora_file_from_unet(accelerator.unwrap_model(model), adapter_name, pipe.config.get("_name_or_path"),
                                model_family(pipe))

@@ -12,7 +12,7 @@ import hashlib
 import keyword
 from dataclasses import dataclass, field
 
-from .config_utils import ConfigError, require
+from ..config_utils import ConfigError, require
 
 KINDS = ("subject", "style")
 CLAIM_GROUPS = ("merge", "subject", "style", "recontext")  # the one-pair job's prompt groups (generation.prompts)
@@ -48,7 +48,7 @@ class GridConfig:
     max_pairs: int = 100  # a larger grid needs confirm: true (--params grid.confirm=true)
     confirm: bool = False
     replace_default_job: bool = False  # conf/grid: `kedro run` runs the grid instead of the one-pair job
-    # The paper's claims' prompt groups (core/claims.py): {subject} = "<token> <noun>", {style} = the style's token,
+    # The paper's claims' prompt groups (core/evaluation/claims.py): {subject} = "<token> <noun>", {style} = the style's token,
     # {object} = an object the style image never showed (the first of unseen_objects that is neither the style's
     # noun nor the subject's).
     prompts: dict = field(default_factory=lambda: dict(DEFAULT_PROMPTS))
@@ -99,7 +99,7 @@ class GridConfig:
 
     def concepts(self) -> dict[str, tuple[str, ConceptConfig]]:
         """{name: (kind, config)} for every subject and style."""
-        from .config_utils import from_dict
+        from ..config_utils import from_dict
 
         out = {}
         for kind, group in (("subject", self.subjects), ("style", self.styles)):
@@ -187,7 +187,7 @@ def generate_methods(pipe, files: dict, methods: dict[str, tuple[str, ...]], ite
     import time
 
     from .generation import generate
-    from .methods import lora_applied
+    from ..merging.method import lora_applied
 
     images = {}
     for method, groups in methods.items():
@@ -224,8 +224,8 @@ def judge_method(encoders, images: dict, method: str, groups: tuple[str, ...], p
 def pair_files(ziplora, direct_merge, mergers: dict, subject_lora, style_lora, strengths) -> dict:
     """{method: LoraFile} of a pair: the two merges, the two source LoRAs (claim (b)'s references) and ZipLoRA
     re-exported from its mergers at each style strength (claim (d))."""
-    from .lora_factors import unet_lora_factors
-    from .merge_export import text_encoder_parts, ziplora_file
+    from ..lora.factors import unet_lora_factors
+    from ..merging.export import text_encoder_parts, ziplora_file
 
     files = {"ziplora": ziplora, "direct_merge": direct_merge, "subject_lora": subject_lora, "style_lora": style_lora}
     if strengths:

@@ -19,10 +19,10 @@ import logging
 
 import torch
 
-from .config_utils import require
-from .lora_factors import LoraFactors, unet_lora_factors
-from .lora_io import LoraFile, lora_file_from_unet
-from .merge_export import factors_to_lora_file
+from ..config_utils import require
+from ..lora.factors import LoraFactors, unet_lora_factors
+from ..lora.io import LoraFile, lora_file_from_unet
+from .export import factors_to_lora_file
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import pandas as pd
 
 from .verdict import bootstrap, by_seed
 
-# judged axis -> per-image score key (core/image_metrics.py). subject2/style2: the second judge (EfficientNet).
+# judged axis -> per-image score key (core/evaluation/image_metrics.py). subject2/style2: the second judge (EfficientNet).
 CLAIM_AXES = {"subject": "dino_subject", "style": "clip_style", "prompt": "clip_text", "object": "object_drawn",
               "subject2": "lite_subject", "style2": "lite_style"}
 LOWER_IS_BETTER = {"alone_subject_style"}  # painting "a sks robot" in the style is a failure of claim (b)

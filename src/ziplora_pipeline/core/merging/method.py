@@ -21,10 +21,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from .config_utils import ConfigError, from_dict, require
+from ..config_utils import ConfigError, from_dict, require
 from .k_lora import KLoRA, KLoraConfig
-from .lora_factors import unet_lora_factors
-from .lora_io import LoraFile, load_lora_file
+from ..lora.factors import unet_lora_factors
+from ..lora.io import LoraFile, load_lora_file
 from .peft_merges import PeftMergeConfig
 
 LORA_SOURCES = ("subject", "style", "joint", "direct_merge", "ziplora")  # LoRA files the pipeline makes

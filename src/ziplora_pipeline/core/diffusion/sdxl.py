@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .images import images_to_tensor
+from ..images import images_to_tensor
 
 
 @dataclass

@@ -206,7 +206,7 @@ def write_miniature_sdxl(folder: str | Path, spec: MiniatureSpec = MiniatureSpec
 def build_sdxl_from_configs(device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0):
     """A full-size SDXL-architecture pipeline (UNet 2.6B, both text encoders, VAE) with random weights.
 
-    Built from SDXL 1.0's own configs, shipped in ``core/configs/sdxl/`` so that nothing is
+    Built from SDXL 1.0's own configs, shipped in ``core/diffusion/configs/sdxl/`` so that nothing is
     downloaded; modules are created directly on ``device`` (no 10 GB fp32 detour through the
     CPU). For speed and memory checks only: the tokenizer is the offline byte-level one.
     """

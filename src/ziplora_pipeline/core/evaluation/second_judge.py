@@ -42,7 +42,7 @@ class SecondJudgeConfig:
     image_size: int = IMAGE_SIZE  # input resolution; the toy world's 64 px pictures use 128 (cost: ~1/3 of 224's)
 
     def __post_init__(self):
-        from .config_utils import require
+        from ..config_utils import require
 
         require(isinstance(self.image_size, int) and not isinstance(self.image_size, bool)
                 and 32 <= self.image_size <= 1024,
@@ -166,7 +166,7 @@ def images_to_input(images: list, size: int = IMAGE_SIZE) -> torch.Tensor:
 
 
 class EfficientNetJudge:
-    """The second judge's two scores, with the interface of the DINO and CLIP encoders (core/image_metrics.py)."""
+    """The second judge's two scores, with the interface of the DINO and CLIP encoders (core/evaluation/image_metrics.py)."""
 
     def __init__(self, weights: str | Path | None = None, device="cpu", batch_size: int = 32,
                  image_size: int = IMAGE_SIZE):

@@ -24,8 +24,8 @@ from statistics import NormalDist
 import torch
 import torch.nn.functional as F
 
-from .lora_factors import LoraFactors
-from .merge_analysis import dense_delta_applied, prune_smallest
+from ..lora.factors import LoraFactors
+from .analysis import dense_delta_applied, prune_smallest
 
 FRACTIONS = (0.5, 0.8, 0.9)  # the paper's Fig. 3a goes to 90 %
 PREMISE_DRAWS = 16  # held-out (image, noise, t) draws per concept for the sparsity figure

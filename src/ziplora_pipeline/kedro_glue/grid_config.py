@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .core.config_utils import from_dict
-from .core.grid import GridConfig
+from ..core.config_utils import from_dict
+from ..core.evaluation.grid import GridConfig
 
 _LOADER = None
 

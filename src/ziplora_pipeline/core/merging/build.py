@@ -14,12 +14,12 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from .cost import Cost, measure
+from ..evaluation.cost import Cost, measure
 from .k_lora import KLoRA
-from .lora_factors import unet_lora_factors
-from .lora_io import LoraFile
-from .merge_export import factors_to_lora_file, merged_factors, text_encoder_parts, ziplora_file
-from .methods import MethodSpec
+from ..lora.factors import unet_lora_factors
+from ..lora.io import LoraFile
+from .export import factors_to_lora_file, merged_factors, text_encoder_parts, ziplora_file
+from .method import MethodSpec
 from .peft_merges import PeftMerger
 
 logger = logging.getLogger(__name__)

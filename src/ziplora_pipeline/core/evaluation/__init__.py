@@ -1,0 +1,1 @@
+"""Generation, judges, image metrics, verdicts, claims, reports and figures."""

@@ -1,0 +1,1 @@
+"""Kedro glue: typed parameters, preflight checks, hooks, MLflow tracking. Not part of the method (core/)."""
