@@ -3,7 +3,7 @@
 In a scratch copy of the project (conf, sample data, the committed toy-world model and judges; the repo's
 catalog is never touched) it runs ``kedro run`` ``--repeats`` times and reports each run's seconds and the
 per-stage seconds read from its log (``Trained ... LoRA ... in X s``, the merge, generation), then median and
-min. The test suite runs the same job with fewer LoRA steps (tests/test_full_job.py), so this is where the
+min. The test suite runs the same job with fewer LoRA steps (tests/e2e/test_full_job.py), so this is where the
 default's time is measured. Run it on a quiet machine: anything beside it slows it more than proportionally.
 
     python benchmarks/job_time.py              # one run, ~4 min on 2 cores

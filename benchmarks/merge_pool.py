@@ -10,7 +10,7 @@ direct merge: all mergers 1) and after. Seconds are the whole ``ziplora_merge`` 
 Settings are interleaved per repeat (ABC, CBA, ...) and each repeat uses another merge seed; median
 and min over repeats, a repeat > 3x its setting's median flagged as a stall.
 
-    python benchmarks/merge_pool.py                  # pools 16 / 64 / fresh, 3 repeats, ~3 min on 2 cores
+    python benchmarks/merge_pool.py                  # pools 16 / 64 / null (fresh draws), 3 repeats, ~3 min on 2 cores
     python benchmarks/merge_pool.py --vary overlap=cosine,mean_product,dot
     python benchmarks/merge_pool.py --quick          # 10 steps, 1 repeat
 
@@ -46,18 +46,19 @@ def load_inputs() -> tuple[dict, dict]:
 
 
 def run_one(data: dict, params: dict, key: str, value, seed: int, steps: int | None, heldout_draws: int) -> dict:
-    from ziplora_pipeline.core.diffusion.base_model import BaseModelConfig, load_base_pipeline
     from ziplora_pipeline.core.config_utils import from_dict
-    from ziplora_pipeline.core.merging.optimise import MergeConfig, ziplora_merge
+    from ziplora_pipeline.core.diffusion.base_model import BaseModelConfig, load_base_pipeline
     from ziplora_pipeline.core.diffusion.sdxl import encode_concept, training_scheduler
-    from ziplora_pipeline.pipelines.merge.nodes import _factors
+    from ziplora_pipeline.core.lora.factors import checked_unet_factors
+    from ziplora_pipeline.core.merging.optimise import ziplora_merge
+    from ziplora_pipeline.kedro_glue.params import merge_stage
 
     merge = {**params["merge"], key: value, "seed": seed, "heldout_draws": heldout_draws}
     if steps is not None:
         merge["steps"] = steps
-    cfg = from_dict(MergeConfig, merge, "merge")
+    cfg = merge_stage(merge).config
     pipe = load_base_pipeline(from_dict(BaseModelConfig, params["base_model"], "base_model"))
-    loras = _factors(data["subject_lora_weights"], data["style_lora_weights"], pipe)
+    loras = checked_unet_factors(pipe, {"subject": data["subject_lora_weights"], "style": data["style_lora_weights"]})
     inputs = {c: encode_concept(pipe, [data[f"{c}_images"][k] for k in sorted(data[f"{c}_images"])],
                                 data[f"{c}_prompt"]["prompt"]) for c in ("subject", "style")}
     t0 = time.perf_counter()
@@ -67,14 +68,14 @@ def run_one(data: dict, params: dict, key: str, value, seed: int, steps: int | N
     return {"seconds": seconds, "heldout_direct": h0["recon_subject"] + h0["recon_style"],
             "heldout_final": h1["recon_subject"] + h1["recon_style"],
             "heldout_subject": h1["recon_subject"], "heldout_style": h1["recon_style"],
-            "pool_final": (result.final["recon_subject"] + result.final["recon_style"]) if cfg.teacher_pool != "fresh"
+            "pool_final": (result.final["recon_subject"] + result.final["recon_style"]) if not cfg.fresh
             else None, "mean_abs_cos": h1["mean_abs_cos"],
             "mean_merger": float(sum(m.mean() for m in result.mergers.values()) / len(result.mergers))}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--vary", default="teacher_pool=16,64,fresh", help="KEY=V1,V2,...: a merge parameter's values")
+    p.add_argument("--vary", default="teacher_pool=16,64,null", help="KEY=V1,V2,...: a merge parameter's values")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--heldout-draws", type=int, default=64)
     p.add_argument("--quick", action="store_true")
@@ -84,7 +85,7 @@ def main(argv=None) -> int:
     import yaml
 
     key, _, values = args.vary.partition("=")
-    pools = [yaml.safe_load(v) for v in values.split(",")]  # 16 -> int, fresh -> str, as in parameters.yml
+    pools = [yaml.safe_load(v) for v in values.split(",")]  # 16 -> int, null -> None (fresh draws), as in parameters.yml
     repeats, steps = (1, 10) if args.quick else (args.repeats, None)
     data, params = load_inputs()
     # Kedro's session set its own logging (rich, on stdout): back to stderr, so stdout's last line is the JSON.

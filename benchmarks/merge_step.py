@@ -2,7 +2,7 @@
 
 Same UNet, same two LoRAs, same batch, in one run:
 
-* ``ours``: ``core.merge.merge_step`` — low-rank forward (W0 x + Σ s_i B_i A_i (m_i ⊙ x)), targets
+* ``ours``: ``core.merging.optimise.merge_step`` — low-rank forward (W0 x + Σ s_i B_i A_i (m_i ⊙ x)), targets
   taken from the teacher pool computed once (its one-time cost is reported as ``pool_s``).
 * ``dense``: the unofficial implementation's approach, written here: every adapted layer holds
   dense ΔW_c, ΔW_s (out, in) and forms W0 + m_c ⊙ ΔW_c + m_s ⊙ ΔW_s on every forward, and the
@@ -10,13 +10,14 @@ Same UNet, same two LoRAs, same batch, in one run:
 * ``floor``: one plain peft LoRA training step (rank r, AdamW) on the same concatenated batch: a
   merge step is one forward and backward too, so it cannot cost less.
 
-Both merge variants use plain Eq. 3 (``normalize_recon=False``) so their step-0 losses must agree
+Both merge variants compute the loss with the same ``core.merging.objective.Objective`` (plain Eq. 3:
+``normalize_recon=False``), so their step-0 losses must agree
 (``loss0_abs_diff``). Timing: one worker process per model, variants interleaved (ABC, CBA, …)
 on the same UNet by attaching/detaching them; per-step wall time; median and min over repeats; a
 repeat > 3× its median is flagged as a stall. Memory: one fresh worker per variant; on CPU the
 peak resident set sampled every 1 ms minus the resident set after the model was built (weights
 excluded, everything the variant adds included: dense ΔW copies, activations, optimizer state);
-on CUDA ``max_memory_allocated`` minus the allocation after build.
+on CUDA ``max_memory_allocated`` minus the allocation after build (both: ``core.evaluation.cost.measure``).
 
     python benchmarks/merge_step.py           # tiny + large (SDXL block widths), ~5 min on 2 cores
     python benchmarks/merge_step.py --quick   # seconds: small stand-ins
@@ -33,7 +34,6 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
 logger = logging.getLogger("benchmarks.merge_step")
@@ -69,39 +69,12 @@ def dense_layers(torch, nn):
 
 # --------------------------------------------------------------------------- worker
 
-class RssSampler:
-    """Peak resident set (MiB) of this process, sampled every millisecond in a thread."""
-
-    def __init__(self):
-        self.peak, self._stop = 0.0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @staticmethod
-    def current() -> float:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.current())
-            time.sleep(0.001)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.current())
-
-
 def build(job):
     import torch
 
-    from ziplora_pipeline.core.lora.factors import LoraFactors
     from ziplora_pipeline.core.diffusion.miniature import MiniatureSpec, build_miniature_sdxl
     from ziplora_pipeline.core.diffusion.sdxl import ConceptInputs, time_ids
+    from ziplora_pipeline.core.lora.factors import LoraFactors
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     spec = MiniatureSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["spec"].items()})
@@ -161,14 +134,13 @@ class Variant:
     def _to_dense(self, loras):
         from torch import nn
 
-        from ziplora_pipeline.core.merging.ziplora_layer import _set_child
+        from ziplora_pipeline.core.merging.ziplora_layer import replace_module
 
         Dense = dense_layers(self.torch, nn)
         dense = {}
         for path, w in self.wrappers.items():
-            parent, _, child = path.rpartition(".")
             d = Dense(w.base, {n: loras[n][path].delta().to(w.base.weight.dtype) for n in w.names})
-            _set_child(self.unet.get_submodule(parent), child, d)
+            replace_module(self.unet, path, d)
             dense[path] = d
         self.wrappers = dense
 
@@ -179,28 +151,29 @@ class Variant:
         if self.name == "floor":
             return self._floor_step()
         idx = [torch.randint(0, cfg.teacher_pool, (cfg.batch_size,), generator=self.gen) for _ in self.names]
+        from ziplora_pipeline.core.diffusion.sdxl import unet_call
         from ziplora_pipeline.core.merging.ziplora_layer import set_mergers
 
         targets = []
         with torch.no_grad():  # teachers recomputed every step: mergers one-hot
             for n, p, i in zip(self.names, self.pools, idx):
                 with set_mergers(self.wrappers, {n: 1.0}):
-                    targets.append(M._unet(self.unet, *M._cond([p], [i])))
-        pred = M._unet(self.unet, *M._cond(self.pools, idx)).split(cfg.batch_size)
-        recon = [M.reconstruction(pr, t, cfg.squared_norm) for pr, t in zip(pred, targets)]
-        from ziplora_pipeline.core.merging.ziplora_layer import overlap_penalty
-
-        overlap = overlap_penalty(self.wrappers.values(), cfg.overlap)
-        loss = torch.stack(recon).sum() + cfg.lambda_overlap * overlap
+                    targets.append(unet_call(self.unet, *M.concept_batch([p], [i])))
+        pred = unet_call(self.unet, *M.concept_batch(self.pools, idx)).split(cfg.batch_size)
+        # Eq. 3 exactly as the optimiser computes it (core.merging.objective): only the forward differs
+        loss, recon, _ = cfg.objective.loss(list(pred), targets, [p.lora_effect for p in self.pools],
+                                            self.wrappers.values())
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
         return sum(r.item() for r in recon)  # the reconstruction part: compared at step 0
 
     def _floor_step(self) -> float:
-        torch, M = self.torch, self.M
+        torch = self.torch
         pools = self._floor_batch()
-        pred = M._unet(self.unet, *pools[:5])
+        from ziplora_pipeline.core.diffusion.sdxl import unet_call
+
+        pred = unet_call(self.unet, *pools[:5])
         loss = torch.nn.functional.mse_loss(pred.float(), pools[5].float())
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -226,58 +199,42 @@ class Variant:
         if self.name == "floor":
             self.unet.delete_adapters("floor")
         else:
-            from ziplora_pipeline.core.merging.ziplora_layer import _set_child
+            from ziplora_pipeline.core.merging.ziplora_layer import replace_module
 
             for path, w in self.wrappers.items():
-                parent, _, child = path.rpartition(".")
-                _set_child(self.unet.get_submodule(parent), child, w.base)
+                replace_module(self.unet, path, w.base)
 
 
 def worker(job: dict) -> dict:
     import torch
 
-    from ziplora_pipeline.core.merging.optimise import MergeConfig, _default_scheduler
+    from ziplora_pipeline.core.evaluation.cost import measure as metered
+    from ziplora_pipeline.core.merging.optimise import MergeConfig, default_scheduler
 
     torch.manual_seed(0)
     t0 = time.perf_counter()
     unet, inputs, loras, device = build(job)
     cfg = {"rank": job["rank"], "merge": MergeConfig(normalize_recon=False, teacher_pool=4, batch_size=job["batch"])}
-    sched = _default_scheduler()
+    sched = default_scheduler()
     out = {"build_s": time.perf_counter() - t0, "unet_params_m": sum(p.numel() for p in unet.parameters()) / 1e6}
     if job["mode"] == "precision":  # a short full merge; held-out reconstruction and peak memory (fresh worker)
         from ziplora_pipeline.core.merging.optimise import ziplora_merge
 
         mcfg = MergeConfig(steps=job["steps"], teacher_pool=4, heldout_draws=8, batch_size=job["batch"],
                            mixed_precision=job["precision"], gradient_checkpointing=job["ckpt"])
-        base = RssSampler.current() if device.type != "cuda" else torch.cuda.memory_allocated()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        t = time.perf_counter()
-        with RssSampler() as s:
+        with metered(device) as cost:
             result = ziplora_merge(unet, loras, inputs, mcfg, sched, progress=False)
         h0, h1 = result.heldout_initial, result.heldout_final
-        out.update(seconds=time.perf_counter() - t, heldout_initial=h0["recon_subject"] + h0["recon_style"],
-                   heldout_final=h1["recon_subject"] + h1["recon_style"],
-                   peak_mb=((torch.cuda.max_memory_allocated() - base) if device.type == "cuda" else
-                            (s.peak - base) * 2**20) / 2**20)
+        out.update(seconds=cost.seconds, heldout_initial=h0["recon_subject"] + h0["recon_style"],
+                   heldout_final=h1["recon_subject"] + h1["recon_style"], peak_mb=cost.peak_mb,
+                   memory_kind=cost.memory_kind)
         return out
     if job["mode"] == "mem":
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            base = torch.cuda.memory_allocated()
-            torch.cuda.reset_peak_memory_stats()
+        with metered(device) as cost:
             v = Variant(job["variant"], unet, inputs, loras, cfg, sched, device)
             for _ in range(job["steps"]):
                 v.step()
-            torch.cuda.synchronize()
-            out["peak_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
-        else:
-            base = RssSampler.current()
-            with RssSampler() as s:
-                v = Variant(job["variant"], unet, inputs, loras, cfg, sched, device)
-                for _ in range(job["steps"]):
-                    v.step()
-            out["peak_mb"] = s.peak - base
+        out.update(peak_mb=cost.peak_mb, memory_kind=cost.memory_kind)
         return out
     times = {v: [] for v in VARIANTS}
     loss0 = {}

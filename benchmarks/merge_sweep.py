@@ -86,13 +86,23 @@ def run(args, settings: list[dict], out: Path, done: list[dict]) -> None:
     from kedro.framework.startup import bootstrap_project
     from tqdm.auto import tqdm
 
-    from ziplora_pipeline.core.diffusion.base_model import BaseModelConfig, load_base_pipeline, resolve_device
     from ziplora_pipeline.core.config_utils import from_dict
-    from ziplora_pipeline.core.evaluation.judges import EvaluationConfig, load_judges
+    from ziplora_pipeline.core.diffusion.base_model import BaseModelConfig, load_base_pipeline, resolve_device
     from ziplora_pipeline.core.evaluation.generation import GenerationConfig, PromptItem
     from ziplora_pipeline.core.evaluation.grid import (
-        GridConfig, REFERENCE_GROUPS, generate_methods, judge_method, pair_name, pair_prompts)
-    from ziplora_pipeline.pipelines.merge.nodes import direct_merge, zip_merge
+        REFERENCE_GROUPS,
+        REFERENCES,
+        GridConfig,
+        generate_methods,
+        judge_method,
+        pair_name,
+        pair_prompts,
+    )
+    from ziplora_pipeline.core.evaluation.judges import EvaluationConfig, load_judges
+    from ziplora_pipeline.core.merging.build import build_methods
+    from ziplora_pipeline.core.merging.method import MethodAssets
+    from ziplora_pipeline.core.merging.registry import parse_methods
+    from ziplora_pipeline.pipelines.merge.nodes import build_context, zip_merge
 
     bootstrap_project(ROOT)
     with KedroSession.create(project_path=ROOT, env=args.env) as session:
@@ -132,20 +142,25 @@ def run(args, settings: list[dict], out: Path, done: list[dict]) -> None:
                         "seed": args.merge_seed}
         record: dict = {"kind": kind, "setting": setting, "pair": pair_name(s, t), "seeds": list(args.seeds),
                         "tag": args.tag, "merge_seed": None if kind == "baseline" else args.merge_seed}
+        entries = params["merge"]["methods"]  # the methods as the one-pair job defines them (merge.methods)
         if kind == "baseline":
-            merged, _ = direct_merge(sub["lora_weights"], sty["lora_weights"], merge_params, base)
-            files = {"direct_merge": merged, "subject_lora": sub["lora_weights"], "style_lora": sty["lora_weights"]}
+            mergers, log = None, {}
+            specs = parse_methods({"direct_merge": entries["direct_merge"], **REFERENCES})
             methods = {"direct_merge": groups_all, **REFERENCE_GROUPS}
         else:
-            merged, _, _, log, fig = zip_merge(sub["lora_weights"], sty["lora_weights"], sub["images"], sub["prompt"],
-                                               sty["images"], sty["prompt"], merge_params, base)
+            mergers, log, fig = zip_merge(sub["lora_weights"], sty["lora_weights"], sub["images"], sub["prompt"],
+                                          sty["images"], sty["prompt"], merge_params, base)
             import matplotlib.pyplot as plt
 
             plt.close(fig)
-            files, methods = {"ziplora": merged}, {"ziplora": groups_all}
+            specs, methods = parse_methods({"ziplora": entries["ziplora"]}), {"ziplora": groups_all}
             record.update(merge_seconds=round(log["seconds"], 2), steps=log["steps"],
                           mean_abs_cos=log["heldout_final"].get("mean_abs_cos"))
-        images = generate_methods(pipe, files, methods, items, gen, record["pair"])
+        ctx = build_context(sub["lora_weights"], sty["lora_weights"], mergers, {"ziplora": log}, sub["prompt"],
+                            sty["prompt"], base)
+        files, _ = build_methods(specs, ctx)
+        assets = MethodAssets(files, {"subject": sub["lora_weights"], "style": sty["lora_weights"]})
+        images = generate_methods(pipe, specs, methods, assets, items, gen, record["pair"])
         record["judged_groups"], record["judged"] = {}, {}
         for method, groups in methods.items():
             record["judged_groups"][method], both = judge_method(

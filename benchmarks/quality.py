@@ -49,14 +49,14 @@ def checks(n: int) -> list[dict]:
     """The three toy-world checks on the newest subject/style LoRAs, ``n`` samples per arm."""
     from kedro.framework.session import KedroSession
 
-    from ziplora_pipeline.core.diffusion.base_model import BaseModelConfig, load_base_pipeline
     from ziplora_pipeline.core.config_utils import from_dict
+    from ziplora_pipeline.core.diffusion.base_model import BaseModelConfig, load_base_pipeline
     from ziplora_pipeline.core.evaluation.judges import EvaluationConfig
     from ziplora_pipeline.core.merging.method import lora_applied
     from ziplora_pipeline.core.toy_world import checks as tc
     from ziplora_pipeline.core.toy_world.data import heldout_prompts
-    from ziplora_pipeline.core.toy_world.render import STYLES
     from ziplora_pipeline.core.toy_world.judges import ToyAttributeEncoder, ToyIdentityEncoder
+    from ziplora_pipeline.core.toy_world.render import STYLES
 
     with KedroSession.create(project_path=ROOT) as session:
         context = session.load_context()

@@ -74,11 +74,11 @@ def main(argv=None) -> int:
 
     from PIL import Image
 
-    from ziplora_pipeline.core.diffusion.base_model import BaseModelConfig, load_base_pipeline
     from ziplora_pipeline.core.config_utils import from_dict
+    from ziplora_pipeline.core.diffusion.base_model import BaseModelConfig, load_base_pipeline
+    from ziplora_pipeline.core.diffusion.sdxl import encode_concept
     from ziplora_pipeline.core.lora.training import LoraTrainingConfig, train_lora
     from ziplora_pipeline.core.merging.method import lora_applied
-    from ziplora_pipeline.core.diffusion.sdxl import encode_concept
     from ziplora_pipeline.core.toy_world import checks as tc
     from ziplora_pipeline.core.toy_world.judges import ToyAttributeEncoder
     from ziplora_pipeline.core.toy_world.render import STYLES
@@ -177,8 +177,8 @@ def diffusion_classify(pipe, images, prompts: list[str], draws: int = 16, seed: 
     ``draws`` noise levels and noises, the same draws for every prompt): the base model as a zero-shot classifier."""
     import torch
 
-    from ziplora_pipeline.core.lora.training import diffusion_loss
     from ziplora_pipeline.core.diffusion.sdxl import encode_concept, training_scheduler
+    from ziplora_pipeline.core.lora.training import diffusion_loss
 
     scheduler = training_scheduler(pipe)
     encoded = [encode_concept(pipe, images, prompt) for prompt in prompts]  # every image's latents, once per prompt
@@ -194,9 +194,9 @@ def diffusion_classify(pipe, images, prompts: list[str], draws: int = 16, seed: 
 def second_round(pipe, base_cfg, cfg, image, lora, objects: list[str], n: int):
     """Sample each object with the first LoRA, keep what the base model classifies as that object, retrain."""
     from ziplora_pipeline.core.diffusion.base_model import load_base_pipeline
+    from ziplora_pipeline.core.diffusion.sdxl import encode_concept
     from ziplora_pipeline.core.lora.training import train_lora
     from ziplora_pipeline.core.merging.method import lora_applied
-    from ziplora_pipeline.core.diffusion.sdxl import encode_concept
     from ziplora_pipeline.core.toy_world import checks as tc
 
     kept = {}

@@ -44,11 +44,11 @@ def main(argv=None) -> int:
 
     from PIL import Image
 
-    from ziplora_pipeline.core.diffusion.base_model import BaseModelConfig, load_base_pipeline
     from ziplora_pipeline.core.config_utils import from_dict
+    from ziplora_pipeline.core.diffusion.base_model import BaseModelConfig, load_base_pipeline
+    from ziplora_pipeline.core.diffusion.sdxl import encode_concept
     from ziplora_pipeline.core.lora.training import LoraTrainingConfig, train_lora
     from ziplora_pipeline.core.merging.method import lora_applied
-    from ziplora_pipeline.core.diffusion.sdxl import encode_concept
     from ziplora_pipeline.core.toy_world import checks as tc
     from ziplora_pipeline.core.toy_world.judges import ToyIdentityEncoder
 

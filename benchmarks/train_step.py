@@ -68,53 +68,12 @@ STALL_FACTOR = 3.0
 
 # --------------------------------------------------------------------------- worker (subprocess)
 
-def _proc_status_mb(field: str) -> float | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak(device) -> str:
-    """Start a fresh peak-memory window; return how the peak is measured."""
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats(device)
-        return "torch.cuda.max_memory_allocated during warm-up training (MiB)"
-    try:  # Linux >= 4.0: writing 5 resets the process' RSS high-water mark (VmHWM) to its current RSS
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return "VmHWM (peak RSS) of the worker process during warm-up training, reset when training starts (MiB)"
-    except OSError:
-        return "ru_maxrss of the fresh worker process since it started (MiB; includes model building)"
-
-
-def _peak_mb(device) -> float:
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    hwm = _proc_status_mb("VmHWM")
-    if hwm is not None:
-        return hwm
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-def _current_mb(device) -> float:
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.memory_allocated(device) / 2**20
-    rss = _proc_status_mb("VmRSS")
-    return rss if rss is not None else _peak_mb(device)
+# memory metering: core.evaluation.cost (reset_peak / peak_mb / current_mb), the figures the pipeline reports
+MEMORY_METHODS = {
+    "cuda_allocated": "torch.cuda.max_memory_allocated during warm-up training (MiB)",
+    "cpu_rss_peak": "VmHWM (peak RSS) of the worker process during warm-up training, reset when training starts (MiB)",
+    "cpu_rss_peak_since_start": "ru_maxrss of the fresh worker process since it started (MiB; includes model building)",
+}
 
 
 def worker(job: dict) -> dict:
@@ -124,9 +83,9 @@ def worker(job: dict) -> dict:
     import torch
 
     from ziplora_pipeline.core.diffusion.base_model import resolve_device
-    from ziplora_pipeline.core.lora.training import LoraTrainingConfig, train_lora
     from ziplora_pipeline.core.diffusion.miniature import MiniatureSpec, build_miniature_sdxl
     from ziplora_pipeline.core.diffusion.sdxl import encode_concept
+    from ziplora_pipeline.core.lora.training import LoraTrainingConfig, train_lora
     from ziplora_pipeline.sample_data import subject_views
 
     if job["threads"]:
@@ -159,10 +118,13 @@ def worker(job: dict) -> dict:
         return [b - a for a, b in zip(stamps, stamps[1:])]  # step 2..n; step 1 holds setup
 
     first, other = job["first"], ("uncached" if job["first"] == "cached" else "cached")
-    before_mb = _current_mb(device)
-    memory_method = _reset_peak(device)
+    from ziplora_pipeline.core.evaluation.cost import current_mb, reset_peak
+    from ziplora_pipeline.core.evaluation.cost import peak_mb as read_peak_mb
+
+    before_mb = current_mb(device)
+    memory_method = MEMORY_METHODS[reset_peak(device)]
     run(first, job["warmup_steps"], "warmup")
-    peak_mb = _peak_mb(device)
+    peak_mb = read_peak_mb(device)
     timings: dict[str, list[float]] = {"cached": [], "uncached": []}
     for r in range(job["repeats"]):
         for mode in ((first, other) if r % 2 == 0 else (other, first)):
@@ -185,7 +147,8 @@ def _spawn(job: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _stats(values: list[float]) -> tuple[float, float, int]:
+def stats(values: list[float]) -> tuple[float, float, int]:
+    """(median, min, repeats slower than STALL_FACTOR x the median: stalls)."""
     med = statistics.median(values)
     stalls = [v for v in values if v > STALL_FACTOR * med]
     return med, min(values), len(stalls)
@@ -193,8 +156,8 @@ def _stats(values: list[float]) -> tuple[float, float, int]:
 
 def summarise(name: str, results: list[dict], spec: dict, resolution: int) -> dict:
     pooled = {m: [t for r in results for t in r["timings"][m]] for m in ("cached", "uncached")}
-    med_c, min_c, stall_c = _stats(pooled["cached"])
-    med_u, min_u, stall_u = _stats(pooled["uncached"])
+    med_c, min_c, stall_c = stats(pooled["cached"])
+    med_u, min_u, stall_u = stats(pooled["uncached"])
     for mode, stalls, med in (("cached", stall_c, med_c), ("uncached", stall_u, med_u)):
         if stalls:
             logger.warning("%s %s: %d repeat(s) > %.0fx the median %.4f s/step (stall: another process?)",

@@ -19,18 +19,18 @@ TARGETS_GB = {"lora_training": 16, "merge": 18, "generation": 12}
 
 
 def peak_gb(device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    import resource
+    """Peak since ``reset`` (core.evaluation.cost: CUDA tensors allocated, or the process' resident set on a CPU)."""
+    from ziplora_pipeline.core.evaluation.cost import peak_mb
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # CPU: peak RSS of the process
+    return peak_mb(device) / 1024
 
 
 def reset(device):
+    from ziplora_pipeline.core.evaluation.cost import reset_peak
+
     if device.type == "cuda":
-        torch.cuda.synchronize()
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak(device)
 
 
 def timed_steps(fn, steps: int, device) -> list[float]:
@@ -79,8 +79,8 @@ def release(device) -> None:
 
 
 def check_training(pipe, images, args, device) -> tuple[dict, object]:
-    from ziplora_pipeline.core.lora.training import LoraTrainingConfig, train_lora
     from ziplora_pipeline.core.diffusion.sdxl import encode_concept
+    from ziplora_pipeline.core.lora.training import LoraTrainingConfig, train_lora
 
     reset(device)
     inputs = encode_concept(pipe, images, "a photo of sks robot")
@@ -101,9 +101,9 @@ def check_merge(pipe, subject, style_images, args, device) -> tuple[dict, dict]:
     s/step each), then the dense-ΔW reference of the unofficial implementation (no checkpointing)."""
     from merge_step import Variant  # the dense-ΔW reference lives in the benchmark
 
+    from ziplora_pipeline.core.diffusion.sdxl import encode_concept, training_scheduler
     from ziplora_pipeline.core.lora.factors import LoraFactors, unet_lora_factors
     from ziplora_pipeline.core.merging.optimise import MergeConfig, ziplora_merge
-    from ziplora_pipeline.core.diffusion.sdxl import encode_concept, training_scheduler
 
     inputs = {"subject": subject[0], "style": encode_concept(pipe, style_images, "a house in zwx style")}
     g = torch.Generator().manual_seed(1)
@@ -180,7 +180,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     report = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
               "resolution": args.resolution, "rank": args.rank, "dtype": str(dtype),
-              "memory": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "peak RSS of the process (GB)",
+              "memory": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "peak RSS since each check began (GB)",
               "stages": "each on a freshly loaded pipeline (load_base_pipeline), memory released in between"}
     import tempfile
 

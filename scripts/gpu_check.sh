@@ -4,7 +4,7 @@
 # merge steps with and without gradient checkpointing (+ the dense-ΔW reference), 10 denoising steps
 # with the exported merged LoRA; s/step and peak GPU memory each. Needs torch, diffusers, transformers
 # and peft (not Kedro).
-#   bash scripts/gpu_check.sh                 # on one GPU: 133 s on an H100 (README); writes gpu_check.json
+#   bash scripts/gpu_check.sh                 # on one GPU: 133 s on an H100 (docs/real_sdxl.md); writes gpu_check.json
 #   bash scripts/gpu_check.sh --small         # CPU-sized variant (miniature model, 64 px)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -38,7 +38,7 @@ WEIGHTS = ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safet
 def committed_vae_weights(folder: Path) -> dict:
     from diffusers import AutoencoderKL
 
-    from ziplora_pipeline.pipelines.pretrain.nodes import vae_weights
+    from ziplora_pipeline.core.toy_world.pretrain import vae_weights
 
     return vae_weights(AutoencoderKL.from_pretrained(folder / "vae", dtype=torch.float32))
 
@@ -46,14 +46,13 @@ def committed_vae_weights(folder: Path) -> dict:
 def probe_seconds_per_step(latents: dict, captions: list[str], vae: dict, params: dict, device: str,
                            steps: int = 30) -> float:
     """Median seconds of one training step (forward, backward, optimiser) at the run's batch size."""
-    from ziplora_pipeline.core.toy_world.config import PretrainConfig
     from ziplora_pipeline.core.config_utils import from_dict
-    from ziplora_pipeline.core.toy_world.pretrain import train_unet
-    from ziplora_pipeline.pipelines.pretrain.nodes import _toy_pipeline
+    from ziplora_pipeline.core.toy_world.config import PretrainConfig
+    from ziplora_pipeline.core.toy_world.pretrain import toy_pipeline, train_unet
 
     cfg = from_dict(PretrainConfig, {**params, "unet": {**params["unet"], "steps": steps}}, "pretrain")
     stamps: list[float] = []
-    train_unet(_toy_pipeline(cfg, vae).to(device), latents["mean"], latents["std"], captions, cfg.unet,
+    train_unet(toy_pipeline(cfg, vae).to(device), latents["mean"], latents["std"], captions, cfg.unet,
                cfg.model.sample_size, None, on_step=lambda s, loss: stamps.append(time.perf_counter()))
     per = sorted(b - a for a, b in zip(stamps[5:], stamps[6:]))  # loss.item() syncs every step
     return per[len(per) // 2]

@@ -23,10 +23,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-RESOLUTION = 64  # pixels; the miniature model's native size
-SUBJECT_PARAMS = {"folder": "robot", "token": "sks", "noun": "robot", "template": "a photo of {token} {noun}"}
-STYLE_PARAMS = {"folder": "sketch", "token": "zwx", "noun": "house", "template": "a {noun} in {token} style"}
+from tests.helpers import RESOLUTION
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ import pkgutil
 from kedro.framework.project import find_pipelines
 from kedro.pipeline import Pipeline
 
-
 # The grid names its namespaces itself: one per concept and per pair (`kedro run --namespaces robot_x_sketch`).
 OWN_NAMESPACES = ("grid",)
 NOT_IN_JOB = ("pretrain", "grid")  # pretrain builds the committed base model; the grid is its own job

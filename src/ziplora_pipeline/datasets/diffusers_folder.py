@@ -19,7 +19,6 @@ from kedro.io.core import AbstractDataset, DatasetError
 
 from ._atomic import _publish_mode
 
-
 _DTYPES = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}
 
 

@@ -214,14 +214,8 @@ def _ours(exc: BaseException) -> bool:
     return type(exc).__module__.split(".")[0] == "ziplora_pipeline"
 
 
-def _reset_peak_rss() -> bool:
-    """Reset this process's resident-set high-water mark (Linux: VmHWM, via ``/proc/self/clear_refs``)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:  # not Linux, or not permitted: no CPU figure
-        return False
+def _gb(mb: float | None) -> float | None:
+    return None if mb is None else mb / 1024
 
 
 def _trim_heap() -> None:
@@ -234,18 +228,6 @@ def _trim_heap() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
         pass
-
-
-def _proc_status_gb(field: str) -> float | None:
-    """VmHWM (peak since the last reset) or VmRSS (now), in GiB; None where /proc is not there."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(f"{field}:"):
-                    return int(line.split()[1]) / 2**20  # kB -> GiB
-    except OSError:
-        pass
-    return None
 
 
 class MemoryHooks:
@@ -275,8 +257,10 @@ class MemoryHooks:
 
     @hook_impl
     def before_node_run(self, node) -> None:
-        _reset_peak_rss()
-        self._rss_start = _proc_status_gb("VmRSS")  # what the process holds before the node: imports, caches, leftovers
+        from ..core.evaluation.cost import proc_status_mb, reset_rss_peak  # imported here: torch, at the first node
+
+        reset_rss_peak()
+        self._rss_start = _gb(proc_status_mb("VmRSS"))  # what the process holds before the node: imports, caches, leftovers
         if torch := self._cuda_torch():
             torch.cuda.reset_peak_memory_stats()
 
@@ -289,7 +273,9 @@ class MemoryHooks:
             gc.collect()
             _trim_heap()
         peaks = {}
-        if (rss := _proc_status_gb("VmHWM")) is not None:
+        from ..core.evaluation.cost import proc_status_mb
+
+        if (rss := _gb(proc_status_mb("VmHWM"))) is not None:
             peaks["rss_gb"] = rss
             if self._rss_start is not None:
                 peaks["rss_start_gb"] = self._rss_start

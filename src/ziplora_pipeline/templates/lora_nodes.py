@@ -5,27 +5,25 @@ from __future__ import annotations
 import functools
 import logging
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure
 from PIL import Image  # noqa: E402
 
-from ..core.diffusion.base_model import BaseModelConfig, load_base_pipeline  # noqa: E402
-from ..core.lora.checkpoints import CheckpointStore  # noqa: E402
 from ..core.config_utils import from_dict  # noqa: E402
+from ..core.diffusion.base_model import BaseModelConfig, load_base_pipeline  # noqa: E402
+from ..core.diffusion.sdxl import encode_concept  # noqa: E402
 from ..core.evaluation.cost import measure  # noqa: E402
+from ..core.evaluation.figures import loss_figure
 from ..core.images import images_to_tensor  # noqa: E402
+from ..core.lora.checkpoints import CheckpointStore  # noqa: E402
 from ..core.lora.io import LoraFile  # noqa: E402
 from ..core.lora.training import LoraTrainingConfig, train_lora  # noqa: E402
-from ..core.diffusion.sdxl import encode_concept  # noqa: E402
 from ..kedro_glue.tracking import step_logger  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
 
 def train_lora_node(images: dict[str, Image.Image], prompt: dict, lora_params: dict, base_params: dict,
-                    checkpoints: CheckpointStore) -> tuple[LoraFile, dict, plt.Figure]:
+                    checkpoints: CheckpointStore) -> tuple[LoraFile, dict, Figure]:
     """Train the concept's DreamBooth LoRA; return the LoRA file, a training log and a loss plot.
 
     Resumes from ``checkpoints`` when an identical run was interrupted.
@@ -60,17 +58,3 @@ def _encoder(pipe, images: dict[str, Image.Image], prompt: dict):
     if not groups:
         return functools.partial(encode_concept, pipe, [images[k] for k in sorted(images)], prompt["prompt"]), ()
     return (lambda: [encode_concept(pipe, [images[k] for k in g["images"]], g["prompt"]) for g in groups]), (groups,)
-
-
-def loss_figure(losses: list[float], title: str) -> plt.Figure:
-    """Per-step loss with a moving average, as a matplotlib figure."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(range(1, len(losses) + 1), losses, alpha=0.4, label="per step")
-    k = max(1, len(losses) // 10)
-    if len(losses) >= k:
-        smooth = [sum(losses[max(0, i - k + 1):i + 1]) / len(losses[max(0, i - k + 1):i + 1]) for i in range(len(losses))]
-        ax.plot(range(1, len(losses) + 1), smooth, label=f"moving mean ({k})")
-    ax.set(xlabel="step", ylabel="loss", title=title)
-    ax.legend()
-    fig.tight_layout()
-    return fig

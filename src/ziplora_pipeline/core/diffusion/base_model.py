@@ -184,7 +184,6 @@ def load_base_pipeline(cfg: BaseModelConfig, for_inference: bool = False):
         the GPU one at a time (``enable_model_cpu_offload``): peak memory ~ the UNet alone.
     """
     from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline
-
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 

@@ -364,3 +364,17 @@ def grid_claims_markdown(claims: dict, pairs: list[dict], seeds: int, judge_name
                          f"{'—' if x is None else f'{x:.3f}'} / {'—' if y is None else f'{y:.3f}'}")
         lines.append(f"| {r['pair']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def comparison_markdown(comparisons: dict[str, dict]) -> str:
+    """A section per further method of the grid (``grid.methods`` beyond ZipLoRA and the direct merge): its claim
+    figures against each baseline (``{"<m> vs <b>": grid_claims(...)}``), intervals over pairs as above."""
+    lines = []
+    for title, claims in comparisons.items():
+        m, b = claims["method"], claims["baseline"]
+        lines += [f"## {title}", "", f"| figure | {m} | {b} | {m} − {b} | verdict |", "|---|---|---|---|---|"]
+        for col, fig in claims["figures"].items():
+            lines.append(f"| {CLAIM_COLUMNS[col]} | {_ci(fig['method'])} | {_ci(fig['baseline'])} | "
+                         f"{_ci(fig['difference'], True)} | {fig['verdict']} |")
+        lines.append("")
+    return "\n".join(lines)

@@ -28,7 +28,9 @@ class Cost:
     memory_kind: str = "unmeasured"  # cuda_allocated | cpu_rss_growth | unmeasured
 
 
-def _status_mb(field: str) -> float | None:
+def proc_status_mb(field: str) -> float | None:
+    """A ``/proc/self/status`` figure in MiB (``VmRSS``: resident now, ``VmHWM``: its peak since the last
+    ``reset_peak``); None where /proc is not there (not Linux)."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -39,8 +41,9 @@ def _status_mb(field: str) -> float | None:
     return None
 
 
-def _reset_rss_peak() -> bool:
-    """Linux >= 4.0: writing 5 resets VmHWM to the current RSS. False where that is not possible."""
+def reset_rss_peak() -> bool:
+    """Linux >= 4.0: writing 5 to ``/proc/self/clear_refs`` resets VmHWM to the current RSS. False where that is
+    not possible (not Linux, or not permitted)."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -49,27 +52,53 @@ def _reset_rss_peak() -> bool:
         return False
 
 
+def reset_peak(device: torch.device | str = "cpu") -> str:
+    """Start a fresh peak-memory window on ``device``; returns what ``peak_mb`` will then measure:
+    ``cuda_allocated``, ``cpu_rss_peak`` (VmHWM since now) or ``cpu_rss_peak_since_start`` (ru_maxrss: the
+    process' peak since it started, where VmHWM cannot be reset)."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return "cuda_allocated"
+    return "cpu_rss_peak" if reset_rss_peak() else "cpu_rss_peak_since_start"
+
+
+def current_mb(device: torch.device | str = "cpu") -> float | None:
+    """Memory held now: CUDA tensors allocated, or the process' resident set."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.memory_allocated(device) / 2**20
+    return proc_status_mb("VmRSS")
+
+
+def peak_mb(device: torch.device | str = "cpu") -> float | None:
+    """Peak memory since ``reset_peak`` (see its return value for what that is)."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    if (hwm := proc_status_mb("VmHWM")) is not None:
+        return hwm
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
 @contextmanager
 def measure(device: torch.device | str = "cpu"):
     """``with measure(device) as cost: ...`` fills ``cost.seconds`` and ``cost.peak_mb`` on exit."""
-    device = torch.device(device)
-    cost = Cost()
-    cuda = device.type == "cuda" and torch.cuda.is_available()
-    if cuda:
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-    else:
-        before = _status_mb("VmRSS") if _reset_rss_peak() else None
+    before = current_mb(device)
+    kind = reset_peak(device)
     t0 = time.perf_counter()
+    cost = Cost()
     try:
         yield cost
     finally:
-        if cuda:
-            torch.cuda.synchronize(device)
-            cost.peak_mb = (torch.cuda.max_memory_allocated(device) - before) / 2**20
-            cost.memory_kind = "cuda_allocated"
-        elif before is not None and (peak := _status_mb("VmHWM")) is not None:
+        peak = peak_mb(device)
+        if kind == "cuda_allocated" or (kind == "cpu_rss_peak" and before is not None and peak is not None):
             cost.peak_mb = max(peak - before, 0.0)
-            cost.memory_kind = "cpu_rss_growth"
+            cost.memory_kind = "cuda_allocated" if kind == "cuda_allocated" else "cpu_rss_growth"
         cost.seconds = time.perf_counter() - t0

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..merging.method import MethodAssets, MethodSpec, lora_applied
 from ..diffusion.sdxl import ConceptInputs, encode_concept, noisy_batch, predict_in_chunks, training_scheduler
+from ..merging.method import MergeMethod, MethodAssets, lora_applied
 
 CONCEPTS = ("subject", "style")
 
@@ -58,7 +58,7 @@ def predict(unet, probe: Probe, batch_size: int = 8) -> torch.Tensor:
     return predict_in_chunks(unet, probe.noisy, probe.timesteps, probe.inputs, batch_size).float().cpu()
 
 
-def fidelity_table(pipe, specs: dict[str, MethodSpec], assets: MethodAssets, probes: dict[str, Probe],
+def fidelity_table(pipe, specs: dict[str, MergeMethod], assets: MethodAssets, probes: dict[str, Probe],
                    batch_size: int = 8) -> dict[str, dict[str, float]]:
     """{method: {"subject_fidelity": F_c, "style_fidelity": F_s}} for every method in ``specs``.
 

@@ -16,7 +16,6 @@ import torch
 from PIL import Image
 
 from ..config_utils import require
-from ..merging.method import DEFAULT_METHODS, MethodSpec, parse_methods
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +53,8 @@ class PromptItem:
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    """Generation stage. Defaults keep the miniature job small; conf/sdxl has the paper's (50 steps, 1024 px)."""
+    """Generation stage (the methods are ``merge.methods``). Defaults keep the miniature job small; conf/sdxl has the paper's (50 steps, 1024 px)."""
 
-    methods: dict = field(default_factory=lambda: dict(DEFAULT_METHODS))  # {name: {kind, enabled, options}}
     prompts: PromptGroups = field(default_factory=PromptGroups)
     seeds: tuple[int, ...] = (0, 1)  # the same seeds for every method
     num_inference_steps: int = 4  # paper: 50
@@ -70,11 +68,6 @@ class GenerationConfig:
         require(self.num_inference_steps > 0, "generation.num_inference_steps must be > 0.")
         require(self.resolution >= 8 and self.resolution % 8 == 0, "generation.resolution must be a multiple of 8.")
         require(self.batch_size > 0 and self.sheet_cell >= 16, "generation.batch_size > 0 and sheet_cell >= 16.")
-        parse_methods(self.methods)  # fails here, at parameter validation, on an unknown method
-
-    def method_specs(self) -> dict[str, MethodSpec]:
-        """The enabled methods, in parameter order."""
-        return {n: s for n, s in parse_methods(self.methods).items() if s.enabled}
 
     def prompt_items(self) -> list[PromptItem]:
         return [PromptItem(g, i, p) for g in GROUPS for i, p in enumerate(getattr(self.prompts, g))]

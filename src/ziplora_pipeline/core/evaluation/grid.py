@@ -23,7 +23,8 @@ DEFAULT_PROMPTS = {"merge": ["a {subject} in {style} style"], "subject": ["a {su
 # which groups each method of a pair is generated on: the references only where claim (b) divides by them, the
 # weaker style strengths only where claim (d) reads them
 REFERENCE_GROUPS = {"subject_lora": ("subject",), "style_lora": ("style",)}
-COMPARED = ("ziplora", "direct_merge")
+REFERENCES = {"subject_lora": {"kind": "lora", "source": "subject"}, "style_lora": {"kind": "lora", "source": "style"}}
+CLAIMED = ("ziplora", "direct_merge")  # the grid's claims are ZipLoRA − direct merge, paired by pair
 PAIR_SEPARATOR = "_x_"
 
 
@@ -53,6 +54,7 @@ class GridConfig:
     # noun nor the subject's).
     prompts: dict = field(default_factory=lambda: dict(DEFAULT_PROMPTS))
     unseen_objects: tuple[str, ...] = ("cat", "house", "tree")
+    methods: tuple[str, ...] = CLAIMED  # entries of merge.methods generated and judged for every pair
     style_strengths: tuple[float, ...] = (0.7, 0.4)  # claim (d): ZipLoRA re-exported at these style strengths
     seeds: tuple[int, ...] = (100, 101, 102, 103)  # disjoint from every training seed
     num_inference_steps: int = 20
@@ -93,6 +95,11 @@ class GridConfig:
                 except (KeyError, IndexError) as err:
                     raise ConfigError(f"grid.prompts.{group}: {p!r} may only use {{subject}}, {{style}} and "
                                       f"{{object}} ({err}).") from err
+        require(all(m in self.methods for m in CLAIMED) and len(set(self.methods)) == len(self.methods),
+                f"grid.methods must list {list(CLAIMED)} (the grid's claims compare them) and may add other entries "
+                f"of merge.methods, each once; got {list(self.methods)}.")
+        clash = sorted(set(self.methods) & (set(REFERENCES) | {strength_name(s) for s in self.style_strengths}))
+        require(not clash, f"grid.methods {clash}: these names are the grid's own references or strength variants.")
         require(all(0 < s < 1 for s in self.style_strengths),
                 f"grid.style_strengths must lie in (0, 1) (1.0 is the ZipLoRA itself), got {list(self.style_strengths)}.")
         require(self.resolution % 8 == 0 and self.num_inference_steps > 0, "grid.resolution must be a multiple of 8.")
@@ -170,30 +177,43 @@ def strength_name(scale: float) -> str:
 def pair_methods(cfg: GridConfig) -> dict[str, tuple[str, ...]]:
     """{method: the prompt groups it is generated on} for every pair."""
     groups = tuple(g for g in CLAIM_GROUPS if cfg.prompts.get(g))
-    out = {m: groups for m in COMPARED}
+    out = {m: groups for m in cfg.methods}
     out |= {m: tuple(g for g in gs if g in groups) for m, gs in REFERENCE_GROUPS.items()}
     out |= {strength_name(s): tuple(g for g in ("merge", "recontext") if g in groups) for s in cfg.style_strengths}
     return {m: gs for m, gs in out.items() if gs}
 
 
-def generate_methods(pipe, files: dict, methods: dict[str, tuple[str, ...]], items: list, gen,
+def pair_method_entries(cfg: GridConfig, methods: dict[str, dict]) -> dict[str, dict]:
+    """The ``merge.methods``-style entries every pair builds (``pair_methods`` says on which groups each is
+    generated): ``grid.methods`` as ``merge.methods`` defines them, the subject and style LoRAs (claim (b)'s
+    references) and ZipLoRA re-exported at each of ``grid.style_strengths`` (claim (d))."""
+    unknown = [m for m in cfg.methods if m not in (methods or {})]
+    if unknown:
+        raise ConfigError(f"grid.methods {unknown} are not entries of merge.methods {sorted(methods or {})}; "
+                          "add them there (conf/base/parameters_merge.yml) or drop them from grid.methods.")
+    out = {m: {**(methods[m] or {}), "enabled": True} for m in cfg.methods}
+    out |= {m: dict(e) for m, e in REFERENCES.items()}
+    out |= {strength_name(s): {"kind": "ziplora", "style_scale": s} for s in cfg.style_strengths}
+    return out
+
+
+def generate_methods(pipe, methods: dict, groups: dict[str, tuple[str, ...]], assets, items: list, gen,
                      log_name: str = "") -> dict:
-    """``{<method>__<group><i>__seed<s>: image}``: each method's LoRA file applied in turn, generating the prompt
-    items (``generation.PromptItem``) of its groups with the generation stage's loop (same batches and seeded
-    noise for every method)."""
-    # imported here, as in the two functions below: GridConfig is read when the pipelines are registered (every
+    """``{<method>__<group><i>__seed<s>: image}``: each method (a ``MergeMethod``) applied in turn, generating the
+    prompt items (``generation.PromptItem``) of its ``groups`` with the generation stage's loop (same batches and
+    seeded noise for every method); ``assets`` is the methods' ``MethodAssets``."""
+    # imported here, as in the function below: GridConfig is read when the pipelines are registered (every
     # `kedro` command), which should not import torch and diffusers
     import logging
     import time
 
     from .generation import generate
-    from ..merging.method import lora_applied
 
     images = {}
-    for method, groups in methods.items():
+    for method, m in methods.items():
         t0 = time.perf_counter()
-        with lora_applied(pipe, method, files[method]):
-            out = generate(pipe, [it for it in items if it.group in groups], gen)
+        with m.applied(pipe, assets):
+            out = generate(pipe, [it for it in items if it.group in groups[method]], gen)
         images.update({f"{method}__{item.key}__seed{seed}": img for item, seed, img in out})
         logging.getLogger(__name__).info("%s: %d images with %s in %.1f s", log_name, len(out), method,
                                          time.perf_counter() - t0)
@@ -219,19 +239,3 @@ def judge_method(encoders, images: dict, method: str, groups: tuple[str, ...], p
 
     both = {"merge", "recontext"} & set(groups)
     return {g: subset((g,)) for g in groups}, (subset(both) if both else None)
-
-
-def pair_files(ziplora, direct_merge, mergers: dict, subject_lora, style_lora, strengths) -> dict:
-    """{method: LoraFile} of a pair: the two merges, the two source LoRAs (claim (b)'s references) and ZipLoRA
-    re-exported from its mergers at each style strength (claim (d))."""
-    from ..lora.factors import unet_lora_factors
-    from ..merging.export import text_encoder_parts, ziplora_file
-
-    files = {"ziplora": ziplora, "direct_merge": direct_merge, "subject_lora": subject_lora, "style_lora": style_lora}
-    if strengths:
-        factors = {n: unet_lora_factors(f, f"{n} LoRA") for n, f in (("subject", subject_lora), ("style", style_lora))}
-        text = text_encoder_parts({"subject": subject_lora, "style": style_lora})
-        for scale in strengths:
-            name = strength_name(scale)
-            files[name] = ziplora_file(factors, text, mergers, {"subject": 1.0, "style": scale}, name)
-    return files

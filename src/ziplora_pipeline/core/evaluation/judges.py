@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from ..config_utils import require
+from ..merging.method import MergeMethod
 from .generation import GROUPS
 from .image_metrics import EncoderConfig
-from ..merging.method import MethodSpec
 from .second_judge import SecondJudgeConfig
 
 METRICS = ("subject_fidelity", "style_fidelity", "clip_style", "dino_subject", "clip_text", "harmonic")
@@ -61,12 +61,11 @@ def _clean(value):
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
-def metrics_frame(specs: dict[str, MethodSpec], fidelity: dict, images: dict, costs: dict) -> pd.DataFrame:
+def metrics_frame(specs: dict[str, MergeMethod], fidelity: dict, images: dict, costs: dict) -> pd.DataFrame:
     """One row per method; empty (NaN) where a figure does not apply or could not be measured."""
     rows = []
     for name, spec in specs.items():
-        row = {"method": name, "kind": spec.kind,
-               "style_scale": getattr(spec.options, "style_scale", None)}
+        row = {"method": name, "kind": spec.kind, "style_scale": spec.style_scale}
         row.update({k: _clean(v) for k, v in (fidelity.get(name) or {}).items()})
         row.update({k: _clean(v) for k, v in (images.get(name) or {}).items() if k in METRICS})
         row.update({k: _clean(v) for k, v in (costs.get(name) or {}).items() if k in (*COST, "memory_kind")})

@@ -9,7 +9,7 @@ and kohya format (``lora_unet_..._lora_down/up/alpha``), either naming scheme. 1
 (kohya's ``conv_shortcut``/``skip_connection``, SD 1.5's ``proj_in``/``proj_out``) are a linear map per
 pixel, so their factors are kept as 2-D matrices (``conv=True``) and merged per input channel like
 any Linear's columns; larger kernels (LoCon) are refused by name. Text-encoder parts are parsed
-separately (``text_encoder_lora_factors``): the merges combine them directly (README).
+separately (``text_encoder_lora_factors``): the merges combine them directly (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -281,3 +281,17 @@ def check_against_unet(unet, loras: dict[str, dict[str, LoraFactors]]) -> dict[s
                 )
             targets[path] = layer
     return targets
+
+
+def checked_unet_factors(pipe, files: dict[str, LoraFile]) -> dict[str, dict[str, LoraFactors]]:
+    """{name: UNet factors} of ``files`` ({"subject": LoraFile, ...}) for ``pipe``'s base model: each checked to
+    be of the pipeline's family (SDXL / SD 1.x) and to fit its UNet's layer shapes, with a message naming the file."""
+    from ..diffusion.base_model import model_family
+    from .io import check_family
+
+    family = model_family(pipe)
+    for name, lora in files.items():
+        check_family(lora, family, f"{name} LoRA")
+    loras = {name: unet_lora_factors(lora, f"{name} LoRA", pipe.unet.config) for name, lora in files.items()}
+    check_against_unet(pipe.unet, loras)
+    return loras

@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checkpoints import CheckpointStore, run_key
 from ..config_utils import require
-from .io import LoraFile, lora_file_from_unet
 from ..diffusion.sdxl import ConceptInputs, diffusion_target, noisy_batch, training_scheduler, unet_predict
+from .checkpoints import CheckpointStore, run_key
+from .io import LoraFile, lora_file_from_unet
 
 logger = logging.getLogger(__name__)
 

@@ -149,11 +149,19 @@ def to_kohya(lora: LoraFile, metadata: dict[str, str] | None = None) -> LoraFile
     return LoraFile(state, {"format": "pt", "ss_network_module": "networks.lora", **(metadata or {})})
 
 
+def merged_file(factors: dict[str, dict[str, LoraFactors]], text_encoders: dict, strengths: dict[str, float],
+                what: str, description: str, mergers: dict[str, torch.Tensor] | None = None) -> LoraFile:
+    """One LoRA file of the UNet ``factors`` {adapter: {path: factors}} merged (``merged_factors``: with ``mergers``,
+    Eq. 2; without, ΔW = Σ c_i ΔW_i) and the ``text_encoders`` parts (``text_encoder_parts``) combined directly, both
+    at ``strengths``; ``what`` names the merge in the text-encoder warning."""
+    return factors_to_lora_file(merged_factors(factors, mergers, strengths), description=description,
+                                text_encoders=combined_text_encoders(text_encoders, strengths, what))
+
+
 def ziplora_file(factors: dict[str, dict[str, LoraFactors]], text_encoders: dict, mergers: dict[str, torch.Tensor],
                  strengths: dict[str, float], name: str = "ziplora", description: str | None = None) -> LoraFile:
     """The ZipLoRA at user strengths ``{"subject": c_c, "style": c_s}`` (paper §5: 1.0 / 0.7 / 0.4 for the style)
     as one LoRA file: Eq. 2 in low-rank form from the parsed UNet ``factors`` and the ``text_encoders`` parts
     (``text_encoder_parts``) of the two source LoRAs."""
-    return factors_to_lora_file(merged_factors(factors, mergers, strengths),
-                                description=description or f"ZipLoRA, strengths {strengths}",
-                                text_encoders=combined_text_encoders(text_encoders, strengths, name))
+    return merged_file(factors, text_encoders, strengths, name, description or f"ZipLoRA, strengths {strengths}",
+                       mergers)

@@ -27,13 +27,22 @@ Why by hand: neither diffusers nor peft switches adapters per layer and per step
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from torch import nn
 
 from ..config_utils import require
-from ..lora.factors import LoraFactors, low_rank_branch
+from ..evaluation.cost import measure
+from ..lora.factors import LoraFactors, low_rank_branch, unet_lora_factors
+from .build import lora_file_mb, method_cost
+from .method import BuildContext, MergeMethod, MethodAssets
+from .ziplora_layer import replace_module
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -162,14 +171,14 @@ class KLoRA:
             wrapper = (KLoRALinear(base, c, s, self.scores[path], self.cfg, self.gamma, clock) if c and s
                        else SingleLoRALinear(base, c or s))
             self._originals[path] = base
-            _replace(unet, path, wrapper)
+            replace_module(unet, path, wrapper)
         self._hook = unet.register_forward_pre_hook(clock.hook, with_kwargs=True)
         self._unet = unet
         return self
 
     def detach(self) -> None:
         for path, base in self._originals.items():
-            _replace(self._unet, path, base)
+            replace_module(self._unet, path, base)
         self._originals.clear()
         if self._hook is not None:
             self._hook.remove()
@@ -182,10 +191,27 @@ class KLoRA:
         self.detach()
 
 
-def _replace(root: nn.Module, path: str, module: nn.Module) -> None:
-    parent_path, _, child = path.rpartition(".")
-    parent = root.get_submodule(parent_path) if parent_path else root
-    if child.isdigit():
-        parent[int(child)] = module
-    else:
-        setattr(parent, child, module)
+
+class KLoraMethod(MergeMethod):
+    """K-LoRA as a compared method: no file; both LoRAs are fused on the UNet at run time."""
+
+    kind = "k_lora"
+    Options = KLoraConfig
+    needs_text_encoder_parts = False
+
+    def build(self, ctx: BuildContext):
+        with measure(ctx.device) as c:
+            klora = KLoRA(ctx.factors["subject"], ctx.factors["style"], self.options)
+        first, last = klora.choices(0.0), klora.choices(1.0)
+        share = lambda ch: sum(v == "subject" for v in ch.values()) / max(len(ch), 1)
+        logger.info("K-LoRA (γ = %.3f): subject LoRA in %.0f%% of shared layers at the first step, %.0f%% at the last",
+                    klora.gamma, 100 * share(first), 100 * share(last))
+        size = lora_file_mb(ctx.sources["subject"]) + lora_file_mb(ctx.sources["style"])  # both ship
+        return None, method_cost(c, file_mb=size)
+
+    @contextmanager
+    def applied(self, pipe, assets: MethodAssets) -> Iterator[None]:
+        klora = KLoRA(unet_lora_factors(assets.subject, "subject LoRA", pipe.unet.config),
+                      unet_lora_factors(assets.style, "style LoRA", pipe.unet.config), self.options)
+        with klora.attach(pipe.unet, pipe.scheduler.config.num_train_timesteps):
+            yield

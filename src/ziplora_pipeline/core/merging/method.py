@@ -1,65 +1,55 @@
-"""The merging methods compared by generation and evaluation, each a named entry of parameters.
+"""The merge-method protocol: what every compared method is, and what it may use.
 
-A method is ``{name: {kind: ..., <options>}}``; ``kind`` defaults to the name, so the built-in
-names need no kind. Each kind is a strategy object (its options dataclass) that knows how to
-put the method on a pipeline's UNet and take it off again:
+A method is a named entry of ``merge.methods`` (conf/base/parameters_merge.yml, the only list of
+methods): ``{name: {kind: ..., enabled: ..., <options>}}``, ``kind`` defaulting to the name. Each
+kind is one ``MergeMethod`` subclass in its own file under ``core/merging/``, found through
+``registry.py``. A method
 
-- ``base``: the base model alone;
-- ``lora``: one LoRA file as it is (subject, style, joint training, the direct merge, or the
-  exported ZipLoRA), loaded by diffusers' LoRA loader (``load_lora_into_unet``, which
-  ``load_lora_weights`` calls; core.lora_io) and activated with ``set_adapters``;
-- ``ziplora``: ZipLoRA's learned mergers exported at chosen subject/style strengths (paper §5:
-  style 1.0 / 0.7 / 0.4), then loaded like any LoRA;
-- ``peft``: a PEFT ``add_weighted_adapter`` merge (cat, ties_svd, dare_ties_svd, svd, ...), loaded like any LoRA;
-- ``k_lora``: K-LoRA's per-layer, per-step selection (training-free, no file).
+- parses its options into its ``Options`` dataclass (an unknown key fails at once),
+- ``build``\\ s itself from the two loaded LoRAs (``BuildContext``) in the merge stage, returning
+  the LoRA file a user ships (or None: the base model, K-LoRA) and what building it cost,
+- is ``applied`` to a pipeline's UNet for generation and evaluation and restored after.
 """
 
 from __future__ import annotations
 
-import difflib
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Iterator
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Callable, ClassVar, Iterator
 
-from ..config_utils import ConfigError, from_dict, require
-from .k_lora import KLoRA, KLoraConfig
-from ..lora.factors import unet_lora_factors
+from ..lora.factors import LoraFactors, unet_lora_factors
 from ..lora.io import LoraFile, load_lora_file
-from .peft_merges import PeftMergeConfig
-
-LORA_SOURCES = ("subject", "style", "joint", "direct_merge", "ziplora")  # LoRA files the pipeline makes
-
-DEFAULT_METHODS: dict[str, dict] = {
-    "base": {},
-    "subject_lora": {"kind": "lora", "source": "subject"},
-    "style_lora": {"kind": "lora", "source": "style"},
-    "direct_merge": {"kind": "lora", "source": "direct_merge"},
-    "joint": {"kind": "lora", "source": "joint"},
-    "ziplora": {"style_scale": 1.0},
-    "ziplora_style0p7": {"kind": "ziplora", "style_scale": 0.7},
-    "ziplora_style0p4": {"kind": "ziplora", "style_scale": 0.4},
-    "k_lora": {},
-    "peft_cat": {"kind": "peft", "combination_type": "cat"},
-    # the SVD variants sparsify the full ΔW of each LoRA; plain ties/dare_ties would merge unrelated A/B bases
-    "peft_ties_svd": {"kind": "peft", "combination_type": "ties_svd", "density": 0.5},
-    "peft_dare_ties_svd": {"kind": "peft", "combination_type": "dare_ties_svd", "density": 0.5},
-    "peft_svd": {"kind": "peft", "combination_type": "svd"},
-}
+from .export import text_encoder_parts
 
 
 @dataclass
 class MethodAssets:
-    """What methods load: ``files[<method name>]`` for file-backed methods (``core.method_build``),
-    and the subject and style LoRAs (K-LoRA fuses them at run time)."""
+    """What methods load at generation time: ``files[<method name>]`` for the methods the merge stage built, and
+    ``sources``, the LoRAs as trained ({"subject", "style"[, "joint"]}: the single-LoRA methods load them as they
+    are, K-LoRA fuses the first two at run time)."""
 
     files: dict[str, LoraFile]
-    subject: LoraFile
-    style: LoraFile
+    sources: dict[str, LoraFile]
+
+    @property
+    def subject(self) -> LoraFile:
+        return self.sources["subject"]
+
+    @property
+    def style(self) -> LoraFile:
+        return self.sources["style"]
+
+    def source(self, name: str, method: str) -> LoraFile:
+        if name not in self.sources:
+            raise ValueError(f"Method '{method}' needs the {name} LoRA, which this run does not have (it has "
+                             f"{sorted(self.sources)}); switch the method off or run the pipeline that trains it.")
+        return self.sources[name]
 
     def file(self, name: str) -> LoraFile:
         if name not in self.files:
             raise ValueError(f"Method '{name}' has no LoRA file among {sorted(self.files)}: the method files are from a "
-                           "run where it was switched off. Run `kedro run --pipelines generation` to rebuild them.")
+                             "run where it was switched off. Run `kedro run --pipelines merge` to rebuild them.")
         return self.files[name]
 
 
@@ -74,98 +64,70 @@ def lora_applied(pipe, name: str, lora: LoraFile, scale: float = 1.0) -> Iterato
         pipe.unload_lora_weights()
 
 
-@dataclass(frozen=True)
-class BaseOptions:
-    """The base model alone."""
+@dataclass
+class BuildContext:
+    """What building a method may use: the LoRA files the pipeline made, ZipLoRA's mergers and the logs.
 
-    @contextmanager
-    def applied(self, pipe, name: str, assets: MethodAssets) -> Iterator[None]:
-        yield
+    Args:
+        sources: {"subject", "style"[, "joint"]: LoraFile} (the grid has no joint LoRA).
+        mergers: ZipLoRA's merger vectors {"<path>.<subject|style>": m (in,)}, or None before the merge.
+        logs: {"ziplora": merge log, "joint": joint training log} (seconds, peak_mb, memory_kind).
+        load_unet: returns a fresh UNet on the target device (PEFT merges modify it in place).
+        device: where costs are measured.
+        unet_config: the UNet's config, to parse kohya files with SGM block names (``unet_lora_factors``).
+        description: who is merged ("'a sks robot' and 'a house in zwx style'"), for the files' headers.
+    """
 
+    sources: dict[str, LoraFile]
+    mergers: dict | None = None
+    logs: dict[str, dict] = field(default_factory=dict)
+    load_unet: Callable[[], Any] | None = None
+    device: Any = "cpu"
+    unet_config: Any = None
+    description: str = ""
+    cache: dict = field(default_factory=dict)  # shared between methods of one build (e.g. peft's adapters)
 
-@dataclass(frozen=True)
-class LoraOptions:
-    """One LoRA file as the pipeline made it."""
+    def source(self, name: str, method: str) -> LoraFile:
+        if name not in self.sources:
+            raise ValueError(f"Method '{method}' needs the {name} LoRA, which this run does not make (it has "
+                             f"{sorted(self.sources)}); switch the method off or run the pipeline that trains it.")
+        return self.sources[name]
 
-    source: str = "subject"  # subject | style | joint | direct_merge | ziplora
-    scale: float = 1.0  # set_adapters weight
+    @cached_property
+    def factors(self) -> dict[str, dict[str, LoraFactors]]:
+        """{"subject" | "style": {module path: factors}}: the two LoRAs' UNet parts, parsed once."""
+        return {n: unet_lora_factors(self.sources[n], f"{n} LoRA", self.unet_config) for n in ("subject", "style")}
 
-    def __post_init__(self):
-        require(self.source in LORA_SOURCES, f"lora source {self.source!r} is not one of {list(LORA_SOURCES)}.")
-
-    def applied(self, pipe, name: str, assets: MethodAssets):
-        return lora_applied(pipe, name, assets.file(name), self.scale)  # a copy of the source file
-
-
-class _BuiltLora:
-    """Kinds whose LoRA file ``MethodBuilder`` makes; ``assets.file(<method name>)`` holds it."""
-
-    def applied(self, pipe, name: str, assets: MethodAssets):
-        return lora_applied(pipe, name, assets.file(name))
-
-
-@dataclass(frozen=True)
-class ZipLoraOptions(_BuiltLora):
-    """The ZipLoRA merge exported with strengths c_i folded into B (merge_export.merged_factors)."""
-
-    subject_scale: float = 1.0
-    style_scale: float = 1.0  # paper §5 shows 1.0 / 0.7 / 0.4
-
-
-@dataclass(frozen=True)
-class PeftOptions(_BuiltLora, PeftMergeConfig):
-    """A PEFT ``add_weighted_adapter`` merge (see core.peft_merges)."""
+    @cached_property
+    def text_encoders(self) -> dict:
+        """The two LoRAs' text-encoder parts (``text_encoder_parts``), parsed once."""
+        return text_encoder_parts({n: self.sources[n] for n in ("subject", "style")})
 
 
-@dataclass(frozen=True)
-class KLoraOptions(KLoraConfig):
-    """K-LoRA on the subject and style LoRAs (see core.k_lora)."""
+class MergeMethod:
+    """One compared method. Subclasses set ``kind`` (its registry name) and ``Options`` (a frozen dataclass of
+    its parameters) and implement ``build``; ``applied`` defaults to loading the method's built file."""
 
-    @contextmanager
-    def applied(self, pipe, name: str, assets: MethodAssets) -> Iterator[None]:
-        klora = KLoRA(unet_lora_factors(assets.subject, "subject LoRA", pipe.unet.config),
-                      unet_lora_factors(assets.style, "style LoRA", pipe.unet.config), self)
-        with klora.attach(pipe.unet, pipe.scheduler.config.num_train_timesteps):
-            yield
+    kind: ClassVar[str]
+    Options: ClassVar[type]
+    built: ClassVar[bool] = True  # False: nothing to build (a LoRA as trained); ``build`` only says what it cost
+    needs_text_encoder_parts: ClassVar[bool] = True  # False: built from the UNet parts only (logged when dropped)
 
+    def __init__(self, name: str, options: Any, enabled: bool = True):
+        self.name, self.options, self.enabled = name, options, enabled
 
-KINDS: dict[str, type] = {"base": BaseOptions, "lora": LoraOptions, "ziplora": ZipLoraOptions,
-                          "peft": PeftOptions, "k_lora": KLoraOptions}
-BUILT_KINDS = ("ziplora", "peft")  # kinds whose LoRA file is built before generation
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, {self.options!r}, enabled={self.enabled})"
 
+    @property
+    def style_scale(self) -> float | None:
+        """The style strength the method is exported at, where it has one (the report's strength curve)."""
+        return None
 
-@dataclass(frozen=True)
-class MethodSpec:
-    name: str
-    kind: str
-    options: Any  # one of KINDS' classes
-    enabled: bool = True
+    def build(self, ctx: BuildContext) -> tuple[LoraFile | None, dict]:
+        """(the method's LoRA file or None, its cost: merge_seconds, peak_mb, memory_kind, file_mb)."""
+        raise NotImplementedError
 
     def applied(self, pipe, assets: MethodAssets):
         """Context manager: the method on ``pipe.unet`` inside, the plain UNet again after."""
-        return self.options.applied(pipe, self.name, assets)
-
-
-def parse_method(name: str, raw: dict | None, where: str = "generation.methods") -> MethodSpec:
-    """``{kind, enabled, **options}`` -> ``MethodSpec``; an unknown name/kind lists the valid ones."""
-    require(raw is None or isinstance(raw, dict),
-            f"{where}.{name} must be a mapping such as {{kind: peft, combination_type: ties}}, got {raw!r}.")
-    raw = dict(raw or {})
-    kind = raw.pop("kind", name)
-    enabled = raw.pop("enabled", True)
-    if kind not in KINDS:
-        close = difflib.get_close_matches(name, list(DEFAULT_METHODS) + list(KINDS), n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(
-            f"Unknown method '{name}' in {where} (kind '{kind}').{hint} Valid method names: "
-            f"{sorted(DEFAULT_METHODS)}; any other name needs `kind:` one of {sorted(KINDS)}.")
-    require(isinstance(enabled, bool), f"{where}.{name}.enabled must be true or false, got {enabled!r}.")
-    return MethodSpec(name, kind, from_dict(KINDS[kind], raw, f"{where}.{name}"), enabled)
-
-
-def parse_methods(raw: dict[str, dict], where: str = "generation.methods") -> dict[str, MethodSpec]:
-    """All entries, in order; at least one must be enabled."""
-    specs = {name: parse_method(name, entry, where) for name, entry in (raw or {}).items()}
-    require(any(s.enabled for s in specs.values()),
-            f"{where}: every method is switched off; enable at least one of {sorted(specs) or sorted(DEFAULT_METHODS)}.")
-    return specs
+        return lora_applied(pipe, self.name, assets.file(self.name))

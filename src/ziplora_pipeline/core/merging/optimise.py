@@ -2,10 +2,11 @@
 
     L = Σ_i ‖(D ⊕ L_m)(x_i, p_i) − (D ⊕ L_i)(x_i, p_i)‖ + λ Σ_layers Σ_{i<j} overlap(m_i, m_j)
 
+(its terms: objective.py).
 Base UNet D and every LoRA L_i are frozen; only the merger vectors train (Adam, lr 0.01, ≤100
 steps in the paper). The targets (D ⊕ L_i)(x_i, p_i) do not depend on the mergers, so each
 concept draws ``teacher_pool`` (image, noise, timestep) samples once, computes their targets
-once, and every step reuses them (ours); ``teacher_pool: fresh`` draws anew every step as the
+once, and every step reuses them (ours); ``teacher_pool: null`` draws anew every step as the
 unofficial implementation does (the paper does not say). All concepts share one batched forward of
 the merged UNet. Before/after figures are reported on the pool and on ``heldout_draws`` draws from
 another seed that no step used.
@@ -18,56 +19,69 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..config_utils import require
-from ..lora.factors import LoraFactors
 from ..diffusion.sdxl import ConceptInputs, batch_conditioning, noisy_batch, predict_in_chunks, unet_call
-from .ziplora_layer import (ZipLoRALinear, attach_ziplora, mean_abs_cosine, merger_parameters, merger_state_dict,
-                      overlap_penalty, set_mergers)
+from ..lora.factors import LoraFactors
+from .objective import Objective
+from .ziplora_layer import (
+    ZipLoRALinear,
+    attach_ziplora,
+    mean_abs_cosine,
+    merger_parameters,
+    merger_state_dict,
+    overlap_penalty,
+    set_mergers,
+)
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class MergeConfig:
-    """ZipLoRA merge settings; defaults are the paper's where it gives them."""
+    """ZipLoRA merge optimisation settings (``merge:``); defaults are the paper's where it gives them. The
+    strengths a merge is exported at are the methods' (``merge.methods``, core/merging/ziplora.py)."""
 
     steps: int = 100  # paper: at most 100
     learning_rate: float = 0.01  # paper: 0.01
     lambda_overlap: float = 0.01  # paper: λ = 0.01
-    overlap: str = "cosine"  # cosine | mean_product | dot (see ziplora._overlap_terms); chosen by measurement
+    overlap: str = "cosine"  # cosine | mean_product | dot (see ziplora_layer._overlap_terms); chosen by measurement
     squared_norm: bool = True  # ‖·‖² (mean squared error) or ‖·‖ (root mean square)
+    normalize_recon: bool = True  # divide each concept's term by ‖D − (D ⊕ L_i)‖ on its pool (objective.py)
     timestep_range: tuple[int, int] = (0, 1000)  # sampled uniformly in [lo, hi)
     batch_size: int = 1  # samples per concept per step
     # (image, noise, t) draws per concept whose targets are computed once and reused every step (ours), or
-    # "fresh": a new draw per concept every step, its target computed once (the unofficial implementation's
-    # sampling; the paper does not say); chosen by held-out reconstruction (README).
-    teacher_pool: int | str = "fresh"
-    heldout_draws: int = 16  # draws per concept from another seed: the held-out figures (and "fresh"'s normaliser)
+    # None: a new draw per concept every step, its target computed once (the unofficial implementation's
+    # sampling; the paper does not say); chosen by held-out reconstruction (docs/method.md).
+    teacher_pool: int | None = None
+    heldout_draws: int = 16  # draws per concept from another seed: the held-out figures (and fresh draws' normaliser)
     stop_cosine: float = 0.0  # stop early once mean |cos(m_i, m_j)| falls below this (0 = never)
     seed: int = 0
-    subject_scale: float = 1.0  # strength of the subject part in the exported LoRA
-    style_scale: float = 1.0  # strength of the style part (paper shows 1.0 / 0.7 / 0.4)
-    direct_weights: tuple[float, float] = (1.0, 1.0)  # (subject, style) weights of the direct merge
     mixed_precision: str = "no"  # no | bf16 (autocast, any device) | fp16 (CUDA only, with loss scaling)
-    normalize_recon: bool = True  # divide each concept's term by ‖D − (D ⊕ L_i)‖ on its pool (see below)
     gradient_checkpointing: bool = False  # recompute UNet activations in the backward pass (less memory, ~1/3 slower)
 
     def __post_init__(self):
         require(self.steps >= 0, f"merge.steps must be >= 0, got {self.steps}.")
         require(self.learning_rate > 0, f"merge.learning_rate must be > 0, got {self.learning_rate}.")
-        require(self.lambda_overlap >= 0, f"merge.lambda_overlap must be >= 0, got {self.lambda_overlap}.")
-        require(self.overlap in ("cosine", "mean_product", "dot"),
-                f"merge.overlap must be cosine, mean_product or dot, got {self.overlap!r}.")
+        self.objective
         lo, hi = self.timestep_range
         require(0 <= lo < hi <= 1000, f"merge.timestep_range must satisfy 0 <= lo < hi <= 1000, got {self.timestep_range}.")
-        require(self.teacher_pool == "fresh" or (isinstance(self.teacher_pool, int) and self.teacher_pool > 0),
-                f"merge.teacher_pool must be a number of draws > 0 or 'fresh', got {self.teacher_pool!r}.")
+        require(self.teacher_pool is None or (isinstance(self.teacher_pool, int) and self.teacher_pool > 0),
+                f"merge.teacher_pool must be a number of draws > 0 or null (fresh draws every step), got "
+                f"{self.teacher_pool!r}.")
         require(self.batch_size > 0 and self.heldout_draws > 0, "merge.batch_size and merge.heldout_draws must be > 0.")
-        require(len(self.direct_weights) == 2, "merge.direct_weights is [subject_weight, style_weight].")
         require(self.mixed_precision in ("no", "fp16", "bf16"), "merge.mixed_precision must be no, fp16 or bf16.")
+
+    @property
+    def objective(self) -> Objective:
+        """Eq. 3's terms and weights."""
+        return Objective(self.lambda_overlap, self.overlap, self.squared_norm, self.normalize_recon)
+
+    @property
+    def fresh(self) -> bool:
+        """New draws every step (no fixed teacher pool)."""
+        return self.teacher_pool is None
 
 
 @dataclass
@@ -93,7 +107,7 @@ class MergeResult:
     heldout_final: dict[str, float] = field(default_factory=dict)
 
 
-def _cond(pools: list[TeacherPool], idx: list[torch.Tensor]) -> tuple:
+def concept_batch(pools: list[TeacherPool], idx: list[torch.Tensor]) -> tuple:
     """Concatenate the sampled batch of every concept: (ΣB, C, h, w), (ΣB,), embeds, pooled, time ids."""
     noisy = torch.cat([p.noisy[i] for p, i in zip(pools, idx)])
     t = torch.cat([p.timesteps[i] for p, i in zip(pools, idx)])
@@ -102,16 +116,13 @@ def _cond(pools: list[TeacherPool], idx: list[torch.Tensor]) -> tuple:
     return noisy, t, emb, pooled, tids
 
 
-_unet = unet_call  # (unet, noisy, t, embeds, pooled, time ids) -> prediction
-
-
 @torch.no_grad()
 def build_teacher_pool(unet, wrappers: dict[str, ZipLoRALinear], scheduler, name: str, inputs: ConceptInputs,
                        cfg: MergeConfig, generator: torch.Generator, size: int | None = None,
                        lora_effect: float | None = None) -> TeacherPool:
     """Draw ``size`` (default ``cfg.teacher_pool``) noisy latents of concept ``name`` and their (D ⊕ L_name)
     predictions; the LoRA's effect ‖D − (D ⊕ L_name)‖ is measured on them unless ``lora_effect`` is given."""
-    size = size or (cfg.teacher_pool if isinstance(cfg.teacher_pool, int) else cfg.heldout_draws)
+    size = size or (cfg.heldout_draws if cfg.fresh else cfg.teacher_pool)
     n = inputs.latent_mean.shape[0]
     idx = torch.randint(0, n, (size,), generator=generator)
     latents = inputs.sample_latents(idx, generator)
@@ -121,7 +132,7 @@ def build_teacher_pool(unet, wrappers: dict[str, ZipLoRALinear], scheduler, name
     if lora_effect is None:
         with set_mergers(wrappers, {}):  # all mergers 0: the base model D alone
             base = predict_in_chunks(unet, noisy, t, inputs, cfg.batch_size)
-        lora_effect = reconstruction(base, target, cfg.squared_norm).item()
+        lora_effect = cfg.objective.reconstruction(base, target).item()
     return TeacherPool(noisy, t, target, inputs, max(lora_effect, 1e-12))
 
 
@@ -131,31 +142,18 @@ def pool_terms(unet, wrappers, pools: list[TeacherPool], names: list[str], cfg: 
 
     Per-step terms are single noisy samples; these are the figures to compare before/after.
     """
-    terms = {}
+    terms, objective = {}, cfg.objective
     for name, pool in zip(names, pools):
         pred = predict_in_chunks(unet, pool.noisy, pool.timesteps, pool.inputs, cfg.batch_size)
         total, size = 0.0, pool.noisy.shape[0]
         for s in range(0, size, cfg.batch_size):  # per-batch terms, as in training, weighted by size
             i = slice(s, s + cfg.batch_size)
-            total += reconstruction(pred[i], pool.target[i], cfg.squared_norm).item() / _norm(pool, cfg) * len(pred[i])
+            total += (objective.reconstruction(pred[i], pool.target[i]).item() / objective.normaliser(pool.lora_effect)
+                      * len(pred[i]))
         terms[f"recon_{name}"] = total / size
-    terms["overlap"] = overlap_penalty(wrappers.values(), cfg.overlap).item()
+    terms["overlap"] = overlap_penalty(wrappers.values(), objective.overlap).item()
     terms["mean_abs_cos"] = mean_abs_cosine(wrappers.values())
     return terms
-
-
-def _norm(pool: TeacherPool, cfg: MergeConfig) -> float:
-    """Relative terms: a LoRA trained on one style image moves the output far less (or more) than
-    one trained on several subject photos; dividing by each LoRA's own effect makes both terms
-    "fraction of that LoRA's effect lost", so neither concept's term swamps the other's.
-    """
-    return pool.lora_effect if cfg.normalize_recon else 1.0
-
-
-def reconstruction(pred: torch.Tensor, target: torch.Tensor, squared: bool) -> torch.Tensor:
-    """‖pred − target‖ per Eq. 3, as a mean over elements (squared) or its square root."""
-    mse = F.mse_loss(pred.float(), target.float())
-    return mse if squared else mse.clamp_min(1e-20).sqrt()
 
 
 def ziplora_merge(unet, loras: dict[str, dict[str, LoraFactors]], inputs: dict[str, ConceptInputs],
@@ -171,7 +169,7 @@ def ziplora_merge(unet, loras: dict[str, dict[str, LoraFactors]], inputs: dict[s
     require(len(loras) >= 2 and set(loras) == set(inputs), "ziplora_merge needs >= 2 LoRAs, one input per LoRA.")
     from .ziplora_layer import detach_ziplora
 
-    scheduler = scheduler or _default_scheduler()
+    scheduler = scheduler or default_scheduler()
     wrappers = attach_ziplora(unet, loras)
     # Checkpointing is switched on for the merge only and restored after: a pipeline a LoRA training
     # left it on for would otherwise make gpu_check's merge figure optimistic (issue 9).
@@ -196,10 +194,9 @@ def merge_step(unet, wrappers, pools: list[TeacherPool], names: list[str], cfg: 
     idx = ([torch.arange(p.noisy.shape[0]) for p in pools] if whole_pools else
            [torch.randint(0, p.noisy.shape[0], (cfg.batch_size,), generator=generator) for p in pools])
     with amp or torch.autocast("cpu", enabled=False):
-        pred = _unet(unet, *_cond(pools, idx)).split(cfg.batch_size)  # one forward for all concepts
-    recon = [reconstruction(pr, p.target[i], cfg.squared_norm) / _norm(p, cfg) for pr, p, i in zip(pred, pools, idx)]
-    overlap = overlap_penalty(wrappers.values(), cfg.overlap)
-    loss = torch.stack(recon).sum() + cfg.lambda_overlap * overlap
+        pred = unet_call(unet, *concept_batch(pools, idx)).split(cfg.batch_size)  # one forward for all concepts
+    loss, recon, overlap = cfg.objective.loss(list(pred), [p.target[i] for p, i in zip(pools, idx)],
+                                              [p.lora_effect for p in pools], wrappers.values())
     optimizer.zero_grad(set_to_none=True)
     if scaler is None:
         loss.backward()
@@ -213,7 +210,7 @@ def merge_step(unet, wrappers, pools: list[TeacherPool], names: list[str], cfg: 
             **{f"recon_{n}": r.item() for n, r in zip(names, recon)}}
 
 
-def _default_scheduler():
+def default_scheduler():
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
@@ -222,7 +219,7 @@ def _default_scheduler():
 def _optimise(unet, wrappers, names, inputs, cfg, scheduler, on_step, progress) -> MergeResult:
     generator = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    fresh = cfg.teacher_pool == "fresh"
+    fresh = cfg.fresh
     # Held-out draws from another seed, never trained on: the figures that tell whether the mergers generalise
     # beyond their pool. With fresh draws they also give each LoRA's effect (the normaliser of its term).
     pools = [] if fresh else [build_teacher_pool(unet, wrappers, scheduler, n, inputs[n], cfg, generator)

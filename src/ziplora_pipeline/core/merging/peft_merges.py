@@ -20,9 +20,12 @@ import logging
 import torch
 
 from ..config_utils import require
+from ..evaluation.cost import measure
 from ..lora.factors import LoraFactors, unet_lora_factors
 from ..lora.io import LoraFile, lora_file_from_unet
+from .build import lora_file_mb, method_cost
 from .export import factors_to_lora_file
+from .method import BuildContext, MergeMethod
 
 logger = logging.getLogger(__name__)
 
@@ -100,3 +103,18 @@ class PeftMerger:
         self.model.delete_adapter(name)
         lora.metadata["ziplora_pipeline.description"] = f"peft add_weighted_adapter {cfg}"
         return lora
+
+
+class PeftMerge(MergeMethod):
+    """A PEFT ``add_weighted_adapter`` merge (cat, ties_svd, dare_ties_svd, svd, ...), loaded like any LoRA."""
+
+    kind = "peft"
+    Options = PeftMergeConfig
+    needs_text_encoder_parts = False
+
+    def build(self, ctx: BuildContext):
+        if "peft_merger" not in ctx.cache:  # both LoRAs as peft adapters, loaded once for every PEFT method
+            ctx.cache["peft_merger"] = PeftMerger(ctx.load_unet(), ctx.sources["subject"], ctx.sources["style"])
+        with measure(ctx.device) as c:
+            lora = ctx.cache["peft_merger"].merge(self.options, self.name)
+        return lora, method_cost(c, file_mb=lora_file_mb(lora))

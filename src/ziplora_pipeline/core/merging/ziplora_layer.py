@@ -70,11 +70,8 @@ def attach_ziplora(unet: nn.Module, loras: dict[str, dict[str, LoraFactors]]) ->
     paths = sorted(set(itertools.chain.from_iterable(loras.values())))
     wrappers = {}
     for path in paths:
-        parent_path, _, child = path.rpartition(".")
-        parent = unet.get_submodule(parent_path)
-        base = getattr(parent, child) if not child.isdigit() else parent[int(child)]
-        wrapper = ZipLoRALinear(base, {n: f[path] for n, f in loras.items() if path in f})
-        _set_child(parent, child, wrapper)
+        wrapper = ZipLoRALinear(unet.get_submodule(path), {n: f[path] for n, f in loras.items() if path in f})
+        replace_module(unet, path, wrapper)
         wrappers[path] = wrapper
     return wrappers
 
@@ -82,11 +79,13 @@ def attach_ziplora(unet: nn.Module, loras: dict[str, dict[str, LoraFactors]]) ->
 def detach_ziplora(unet: nn.Module, wrappers: dict[str, ZipLoRALinear]) -> None:
     """Put the original linear layers back."""
     for path, wrapper in wrappers.items():
-        parent_path, _, child = path.rpartition(".")
-        _set_child(unet.get_submodule(parent_path), child, wrapper.base)
+        replace_module(unet, path, wrapper.base)
 
 
-def _set_child(parent: nn.Module, child: str, module: nn.Module) -> None:
+def replace_module(root: nn.Module, path: str, module: nn.Module) -> None:
+    """Put ``module`` at ``path`` (as in ``root.named_modules()``) in place of what is there."""
+    parent_path, _, child = path.rpartition(".")
+    parent = root.get_submodule(parent_path) if parent_path else root
     if child.isdigit():
         parent[int(child)] = module
     else:

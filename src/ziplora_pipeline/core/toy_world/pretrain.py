@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..lora.checkpoints import CheckpointStore, run_key
 from ..config_utils import require
+from ..lora.checkpoints import CheckpointStore, run_key
 
 logger = logging.getLogger(__name__)
 
@@ -329,3 +329,22 @@ def train_unet(pipe, latent_mean: torch.Tensor, latent_std: torch.Tensor, captio
     if store:
         store.clear(key)
     return PretrainResult(losses, time.perf_counter() - t0, start)
+
+
+def vae_weights(vae) -> dict:
+    """The VAE's state dict plus its fitted ``scaling_factor`` (one safetensors file)."""
+    weights = {k: v.contiguous() for k, v in vae.state_dict().items()}
+    weights["scaling_factor"] = torch.tensor(vae.config.scaling_factor)
+    return weights
+
+
+def toy_pipeline(cfg, vae_weights: dict):
+    """A miniature SDXL of ``cfg.model``'s spec (``PretrainConfig``) with the trained VAE (``vae_weights``) in it."""
+    from ..diffusion.miniature import build_miniature_sdxl
+
+    pipe = build_miniature_sdxl(cfg.model.miniature_spec())
+    weights = dict(vae_weights)
+    factor = float(weights.pop("scaling_factor"))
+    pipe.vae.load_state_dict(weights)
+    pipe.vae.register_to_config(scaling_factor=factor)
+    return pipe

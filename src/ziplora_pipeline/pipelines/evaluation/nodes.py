@@ -9,19 +9,28 @@ from datetime import datetime, timezone
 import pandas as pd
 from PIL import Image
 
-from ...core.diffusion.base_model import BaseModelConfig, load_base_pipeline, resolve_device
 from ...core.config_utils import from_dict
-from ...core.evaluation.contact_sheet import check_same_size
-from ...core.evaluation.judges import EvaluationConfig, headline, load_judges, metrics_frame
-from ...core.evaluation.fidelity import fidelity_table, make_probe
-from ...core.evaluation.generation import GenerationConfig
-from ...core.evaluation.image_metrics import harmonic, image_scores
-from ...core.lora.io import LoraFile
-from ...core.merging.method import MethodAssets
-from ...core.evaluation.report import (
-    claims_section, judged_chart, markdown_table, metrics_chart, png_bytes, premises_section, render_report, report_html)
+from ...core.diffusion.base_model import BaseModelConfig, load_base_pipeline, resolve_device
 from ...core.evaluation.claims import summarise_axes
+from ...core.evaluation.contact_sheet import check_same_size
+from ...core.evaluation.fidelity import fidelity_table, make_probe
+from ...core.evaluation.image_metrics import harmonic, image_scores
+from ...core.evaluation.judges import EvaluationConfig, headline, load_judges, metrics_frame
+from ...core.evaluation.report import (
+    claims_section,
+    judged_chart,
+    markdown_table,
+    metrics_chart,
+    png_bytes,
+    premises_section,
+    render_report,
+    report_html,
+)
 from ...core.evaluation.verdict import AXES, judged_frame, verdict
+from ...core.lora.io import LoraFile
+from ...core.merging.build import trained_costs
+from ...core.merging.method import BuildContext, MethodAssets
+from ...core.merging.registry import parse_methods
 from ...kedro_glue.tracking import step_logger
 
 logger = logging.getLogger(__name__)
@@ -33,17 +42,17 @@ def _ordered(images: dict[str, Image.Image], what: str) -> list[Image.Image]:
 
 
 def output_fidelity(method_loras: dict[str, LoraFile], subject_lora: LoraFile, style_lora: LoraFile,
-                    subject_images: dict[str, Image.Image], subject_prompt: dict, style_images: dict[str, Image.Image],
-                    style_prompt: dict, generation_params: dict, evaluation_params: dict, base_params: dict) -> dict:
+                    joint_lora: LoraFile, subject_images: dict[str, Image.Image], subject_prompt: dict, style_images: dict[str, Image.Image],
+                    style_prompt: dict, methods_params: dict, evaluation_params: dict, base_params: dict) -> dict:
     """{method: {subject_fidelity, style_fidelity}} on fixed noisy latents of the reference images."""
-    gen = from_dict(GenerationConfig, generation_params, "generation")
     cfg = from_dict(EvaluationConfig, evaluation_params, "evaluation")
     pipe = load_base_pipeline(from_dict(BaseModelConfig, base_params, "base_model"))
     probes = {c: make_probe(pipe, _ordered(imgs, f"{c} reference images"), p["prompt"], cfg.fidelity_samples,
                             cfg.fidelity_seed, cfg.fidelity_timestep_range)
               for c, imgs, p in (("subject", subject_images, subject_prompt), ("style", style_images, style_prompt))}
-    table = fidelity_table(pipe, gen.method_specs(), MethodAssets(method_loras, subject_lora, style_lora), probes,
-                           cfg.batch_size)
+    table = fidelity_table(pipe, parse_methods(methods_params, "merge.methods"),
+                           MethodAssets(method_loras, {"subject": subject_lora, "style": style_lora, "joint": joint_lora}),
+                           probes, cfg.batch_size)
     for name, row in table.items():
         logger.info("Output fidelity %-18s subject %+.3f  style %+.3f", name, row["subject_fidelity"],
                     row["style_fidelity"])
@@ -106,11 +115,15 @@ def _subset(scores: dict[str, list | None], entries: list[dict], groups) -> dict
     return {k: (None if v is None else [v[i] for i in keep]) for k, v in scores.items()}
 
 
-def metrics_table(fidelity: dict, image_metrics: dict, method_costs: dict,
-                  generation_params: dict) -> tuple[pd.DataFrame, str]:
-    """The one table (CSV + markdown), one row per method; each method's figures go to MLflow too."""
-    specs = from_dict(GenerationConfig, generation_params, "generation").method_specs()
-    frame = metrics_frame(specs, fidelity, image_metrics["methods"], method_costs)
+def metrics_table(fidelity: dict, image_metrics: dict, method_costs: dict, subject_lora: LoraFile,
+                  style_lora: LoraFile, joint_lora: LoraFile, joint_training_log: dict,
+                  methods_params: dict) -> tuple[pd.DataFrame, str]:
+    """The one table (CSV + markdown), one row per method; each method's figures go to MLflow too. The costs are
+    the merge stage's (``method_costs``) and, for the LoRAs as trained, their files and the joint LoRA's training."""
+    specs = parse_methods(methods_params, "merge.methods")
+    trained = trained_costs(specs, BuildContext({"subject": subject_lora, "style": style_lora, "joint": joint_lora},
+                                                logs={"joint": joint_training_log}))
+    frame = metrics_frame(specs, fidelity, image_metrics["methods"], method_costs | trained)
     for row in frame.to_dict("records"):
         values = {k: v for k, v in row.items() if isinstance(v, float) and not math.isnan(v)}
         if row["method"] == "joint" and "merge_seconds" in values:  # the table's cost column; for joint

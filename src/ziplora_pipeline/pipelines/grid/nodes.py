@@ -1,6 +1,7 @@
 """``grid`` nodes: one concept's data and LoRA, one pair's images and judged scores, the grid's sheets and table.
 
-The merge itself is the ``merge`` stage's node (``zip_merge`` / ``direct_merge``), reused per pair.
+The merge itself is the ``merge`` stage's nodes (``zip_merge``, ``export_merges``), reused per pair; each pair's
+methods are built through the same registry (``build_pair_methods``).
 """
 
 from __future__ import annotations
@@ -11,19 +12,33 @@ from typing import Callable
 
 from PIL import Image
 
-from ...core.diffusion.base_model import BaseModelConfig, load_base_pipeline, resolve_device
 from ...core.config_utils import from_dict
+from ...core.diffusion.base_model import BaseModelConfig, load_base_pipeline, resolve_device
+from ...core.evaluation.claims import claim_rows, comparison_markdown, grid_claims, grid_claims_markdown
 from ...core.evaluation.contact_sheet import contact_sheet
-from ...core.evaluation.claims import claim_rows, grid_claims, grid_claims_markdown
-from ...core.evaluation.judges import EvaluationConfig, load_judges
 from ...core.evaluation.generation import GenerationConfig, PromptItem
 from ...core.evaluation.grid import (
-    COMPARED, GridConfig, concept_template, generate_methods, judge_method, pair_files, pair_methods, pair_name,
-    pair_prompts, strength_name, unseen_object)
+    CLAIMED,
+    GridConfig,
+    concept_template,
+    generate_methods,
+    judge_method,
+    pair_method_entries,
+    pair_methods,
+    pair_name,
+    pair_prompts,
+    strength_name,
+    unseen_object,
+)
 from ...core.evaluation.image_metrics import TOY_MARKER
+from ...core.evaluation.judges import EvaluationConfig, load_judges
 from ...core.lora.io import LoraFile
+from ...core.merging.build import build_methods
+from ...core.merging.method import MethodAssets
+from ...core.merging.registry import parse_methods
 from ...templates.lora_nodes import train_lora_node
 from ..data_prep.nodes import prepare_concept
+from ..merge.nodes import build_context
 
 logger = logging.getLogger(__name__)
 
@@ -53,20 +68,36 @@ def _pair(cfg: GridConfig, subject_prompt: dict, style_prompt: dict):
     return concepts[subject_prompt["concept"]][1], concepts[style_prompt["concept"]][1]
 
 
-def generate_pair(ziplora: LoraFile, direct_merge: LoraFile, mergers: dict, subject_lora: LoraFile,
-                  style_lora: LoraFile, subject_prompt: dict, style_prompt: dict, grid_params: dict,
+def _pair_methods(cfg: GridConfig, methods_params: dict) -> dict:
+    return parse_methods(pair_method_entries(cfg, methods_params), "grid.methods")
+
+
+def build_pair_methods(subject_lora: LoraFile, style_lora: LoraFile, mergers: dict, merge_log: dict,
+                       subject_prompt: dict, style_prompt: dict, grid_params: dict, methods_params: dict,
+                       base_params: dict) -> tuple[dict[str, LoraFile], dict]:
+    """One pair's methods (``pair_method_entries``: ``grid.methods``, the two references, ZipLoRA at the weaker
+    style strengths), built by the merge stage's registry: ({method: LoraFile}, {method: cost})."""
+    ctx = build_context(subject_lora, style_lora, mergers, {"ziplora": merge_log}, subject_prompt, style_prompt,
+                        base_params)
+    return build_methods(_pair_methods(_grid(grid_params), methods_params), ctx)
+
+
+def generate_pair(method_loras: dict[str, LoraFile], subject_lora: LoraFile, style_lora: LoraFile,
+                  subject_prompt: dict, style_prompt: dict, grid_params: dict, methods_params: dict,
                   base_params: dict, pair: str) -> dict[str, Image.Image]:
-    """The claims' prompt groups × seeds (``{<method>__<group><i>__seed<s>: image}``): ZipLoRA and the direct merge
-    on every group, the subject and style LoRAs where claim (b) divides by them, ZipLoRA at the weaker style
-    strengths (``grid.style_strengths``, re-exported from its mergers) on the merge and recontext groups."""
+    """The claims' prompt groups × seeds (``{<method>__<group><i>__seed<s>: image}``): ``grid.methods`` on every
+    group, the subject and style LoRAs where claim (b) divides by them, ZipLoRA at the weaker style strengths
+    (``grid.style_strengths``) on the merge and recontext groups."""
     cfg = _grid(grid_params)
     items = [PromptItem(g, i, p) for g, i, p in pair_prompts(cfg, *_pair(cfg, subject_prompt, style_prompt))]
     pipe = load_base_pipeline(from_dict(BaseModelConfig, base_params, "base_model"), for_inference=True)
     # the generation stage's loop: the same batching and per-image seeded generators as the one-pair job
     gen = GenerationConfig(seeds=cfg.seeds, num_inference_steps=cfg.num_inference_steps,
                            guidance_scale=cfg.guidance_scale, resolution=cfg.resolution, batch_size=cfg.batch_size)
-    files = pair_files(ziplora, direct_merge, mergers, subject_lora, style_lora, cfg.style_strengths)
-    return generate_methods(pipe, files, pair_methods(cfg), items, gen, pair)
+    groups = pair_methods(cfg)
+    methods = {m: spec for m, spec in _pair_methods(cfg, methods_params).items() if m in groups}
+    assets = MethodAssets(method_loras, {"subject": subject_lora, "style": style_lora})
+    return generate_methods(pipe, methods, groups, assets, items, gen, pair)
 
 
 def judge_pair(images: dict[str, Image.Image], subject_images: dict[str, Image.Image],
@@ -87,7 +118,7 @@ def judge_pair(images: dict[str, Image.Image], subject_images: dict[str, Image.I
             list(style_images.values()), tokens, style_prompt["prompt"])
         if both is not None:
             judged[method] = both
-    claims = {m: r for m, r in claim_rows(judged_groups).items() if m in COMPARED}
+    claims = {m: r for m, r in claim_rows(judged_groups).items() if m in cfg.methods}
     out = {"pair": pair, "subject": subject_prompt["concept"], "style": style_prompt["concept"],
            "object": unseen_object(cfg, subject, style), "seeds": list(cfg.seeds), "claims": claims,
            "judged": judged, "judged_groups": judged_groups}
@@ -120,7 +151,7 @@ def grid_sheets(grid_params: dict, **inputs) -> dict[str, Image.Image]:
     size = cfg.resolution
     refs = {c: _first(inputs[f"{c}__refs"]).resize((size, size)) for c in subjects + styles}
     sheets = {}
-    for method in COMPARED:
+    for method in cfg.methods:
         cells = {("reference", t): refs[t] for t in styles} | {(s, "reference"): refs[s] for s in subjects}
         for s, t in pairs:
             cells[(s, t)] = inputs[f"{pair_name(s, t)}__images"][f"{method}__merge0__seed{seed}"]
@@ -129,7 +160,7 @@ def grid_sheets(grid_params: dict, **inputs) -> dict[str, Image.Image]:
             cells, ["reference", *subjects], ["reference", *styles], cfg.sheet_cell,
             title=f"{method}: '{cfg.prompts['merge'][0]}', seed {seed} (rows: subjects, columns: styles)", row_labels=labels)
     logger.info("Grid sheets: %d subjects x %d styles, %d pairs, methods %s", len(subjects), len(styles), len(pairs),
-                list(COMPARED))
+                list(cfg.methods))
     return sheets
 
 
@@ -142,10 +173,16 @@ def grid_table(grid_params: dict, evaluation_params: dict, **scores) -> tuple[di
     rows = [scores[k] for k in sorted(scores)]
     strengths = {"ziplora": 1.0} | {strength_name(s): s for s in cfg.style_strengths}
     claims = grid_claims(rows, "ziplora", "direct_merge", strengths)
+    # any further method of grid.methods (e.g. np_lora): the same figures against each of the paper's two
+    others = {f"{m} vs {b}": grid_claims(rows, m, b) for m in cfg.methods if m not in CLAIMED
+              for b in ("direct_merge", "ziplora")}
     first = "toy judges" if any(Path(c.name_or_path, TOY_MARKER).is_file() for c in (ev.clip, ev.dino)) else "DINO/CLIP"
-    table = {**claims, "seeds": list(cfg.seeds), "prompts": dict(cfg.prompts),
+    table = {**claims, "others": {k: c["figures"] for k, c in others.items()}, "seeds": list(cfg.seeds),
+             "prompts": dict(cfg.prompts),
              "per_pair": [{"pair": r["pair"], "object": r.get("object"), "claims": r["claims"]} for r in rows]}
     markdown = grid_claims_markdown(claims, rows, len(cfg.seeds), (first, "EfficientNet-Lite0"))
+    if others:
+        markdown = markdown.rstrip() + "\n\n" + comparison_markdown(others)
     logger.info("Grid over %d pairs, ZipLoRA − direct merge: %s", len(rows), "; ".join(
         f"{c} {f['difference']['mean']:+.3f} ({f['verdict']})" for c, f in claims["figures"].items()
         if f["difference"]["mean"] is not None))

@@ -4,7 +4,8 @@ and judged (one namespace per pair), then the grid figure and table (namespace `
 Built from the parameters (``grid.subjects``, ``grid.styles``, ``grid.pairs``) when the pipelines are
 registered: ``grid_config.current_grid_config`` reads them with the run's ``--env`` and ``--params``.
 Per concept ``<c>``: ``<c>.prepare`` -> ``<c>.images`` / ``<c>.prompt``, ``<c>.train_lora`` -> ``<c>.lora_weights``.
-Per pair ``<s>_x_<t>``: the merge stage's ``zip_merge`` and ``direct_merge`` nodes on the two concept LoRAs,
+Per pair ``<s>_x_<t>``: the merge stage's ``zip_merge`` node on the two concept LoRAs, the pair's methods built
+through the registry (``grid.methods``, the references, the strength variants), the merge stage's ``export_merges``,
 then ``generate`` and ``judge``. Datasets come from the catalog's factories (``"{concept}.lora_weights"``...).
 """
 
@@ -16,8 +17,16 @@ from functools import partial, update_wrapper
 from kedro.pipeline import Node, Pipeline
 
 from ...core.evaluation.grid import GridConfig, pair_name
-from ..merge.nodes import direct_merge, zip_merge
-from .nodes import generate_pair, grid_sheets, grid_table, judge_pair, prepare_grid_concept, train_grid_concept_lora
+from ..merge.nodes import export_merges, zip_merge
+from .nodes import (
+    build_pair_methods,
+    generate_pair,
+    grid_sheets,
+    grid_table,
+    judge_pair,
+    prepare_grid_concept,
+    train_grid_concept_lora,
+)
 
 
 def _bound(func, **kwargs):
@@ -25,7 +34,8 @@ def _bound(func, **kwargs):
     return update_wrapper(partial(func, **kwargs), func)
 
 
-_SHARED = ("params:grid", "params:base_model", "params:merge", "params:evaluation", "params:data_prep.resolution")
+_SHARED = ("params:grid", "params:base_model", "params:merge", "params:merge.methods", "params:evaluation",
+           "params:data_prep.resolution")
 
 
 def _in_namespace(template: Pipeline, namespace: str, inputs: dict[str, str], parameters: dict[str, str],
@@ -53,21 +63,25 @@ def concept_template(name: str) -> Pipeline:
 
 
 def pair_template(pair: str) -> Pipeline:
-    """One pair: the merge stage's two merges of the concept LoRAs, then its images and judged scores."""
+    """One pair: ZipLoRA's mergers, the pair's methods and the two merges' files, then its images and scores."""
     loras = {"subject_lora": "subject_lora", "style_lora": "style_lora"}
     concepts = {"subject_prompt": "subject_prompt", "style_prompt": "style_prompt"}
     return Pipeline([
         Node(zip_merge,
              inputs={**loras, **concepts, "subject_images": "subject_images", "style_images": "style_images",
                      "merge_params": "params:merge", "base_params": "params:base_model"},
-             outputs=["ziplora_weights", "ziplora_kohya_weights", "ziplora_mergers", "merge_log", "merge_curves"],
-             name="ziplora_merge"),
-        Node(direct_merge, inputs={**loras, "merge_params": "params:merge", "base_params": "params:base_model"},
-             outputs=["direct_merge_weights", "direct_merge_kohya_weights"], name="direct_merge"),
+             outputs=["ziplora_mergers", "merge_log", "merge_curves"], name="ziplora_merge"),
+        Node(build_pair_methods,
+             inputs={**loras, **concepts, "mergers": "ziplora_mergers", "merge_log": "merge_log",
+                     "grid_params": "params:grid", "methods_params": "params:merge.methods",
+                     "base_params": "params:base_model"},
+             outputs=["method_loras", "method_costs"], name="build_methods"),
+        Node(export_merges, inputs={"method_loras": "method_loras", **concepts, "base_params": "params:base_model"},
+             outputs=["ziplora_weights", "ziplora_kohya_weights", "direct_merge_weights", "direct_merge_kohya_weights"],
+             name="export_merges"),
         Node(_bound(generate_pair, pair=pair),
-             inputs={"ziplora": "ziplora_weights", "direct_merge": "direct_merge_weights", "mergers": "ziplora_mergers",
-                     **loras, **concepts,
-                     "grid_params": "params:grid", "base_params": "params:base_model"},
+             inputs={"method_loras": "method_loras", **loras, **concepts, "grid_params": "params:grid",
+                     "methods_params": "params:merge.methods", "base_params": "params:base_model"},
              outputs="generated_images", name="generate"),
         Node(_bound(judge_pair, pair=pair),
              inputs={"images": "generated_images", "subject_images": "subject_images", "style_images": "style_images",

@@ -1,8 +1,9 @@
-"""``merge``: ZipLoRA (learned mergers) and the direct merge, both exported as standard LoRAs."""
+"""``merge``: ZipLoRA's mergers, every compared method built from the two LoRAs (``merge.methods``), the ZipLoRA
+and direct-merge files on their own (diffusers and kohya formats), and the merge analysis."""
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import analyse_merge, direct_merge, zip_merge
+from .nodes import analyse_merge, build_methods, export_merges, zip_merge
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -10,10 +11,16 @@ def create_pipeline(**kwargs) -> Pipeline:
         Node(zip_merge,
              inputs=["subject_lora_weights", "style_lora_weights", "subject_images", "subject_prompt",
                      "style_images", "style_prompt", "params:merge", "params:base_model"],
-             outputs=["ziplora_weights", "ziplora_kohya_weights", "ziplora_mergers", "merge_log", "merge_curves"],
-             name="ziplora_merge"),
-        Node(direct_merge, inputs=["subject_lora_weights", "style_lora_weights", "params:merge", "params:base_model"],
-             outputs=["direct_merge_weights", "direct_merge_kohya_weights"], name="direct_merge"),
+             outputs=["ziplora_mergers", "merge_log", "merge_curves"], name="ziplora_merge"),
+        Node(build_methods,
+             inputs={"subject_lora": "subject_lora_weights", "style_lora": "style_lora_weights",
+                     "mergers": "ziplora_mergers", "merge_log": "merge_log", "subject_prompt": "subject_prompt",
+                     "style_prompt": "style_prompt", "methods_params": "params:merge.methods",
+                     "base_params": "params:base_model"},
+             outputs=["method_loras", "method_costs"], name="build_methods"),
+        Node(export_merges, inputs=["method_loras", "subject_prompt", "style_prompt", "params:base_model"],
+             outputs=["ziplora_weights", "ziplora_kohya_weights", "direct_merge_weights", "direct_merge_kohya_weights"],
+             name="export_merges"),
         Node(analyse_merge,
              inputs=["subject_lora_weights", "style_lora_weights", "ziplora_mergers", "subject_images",
                      "subject_prompt", "style_images", "style_prompt", "params:base_model"],

@@ -11,12 +11,20 @@ import logging
 
 import torch
 
-from ...core.lora.checkpoints import CheckpointStore
 from ...core.config_utils import from_dict
 from ...core.diffusion.miniature import build_miniature_sdxl
+from ...core.lora.checkpoints import CheckpointStore
 from ...core.toy_world.config import PretrainConfig
 from ...core.toy_world.data import render_pool
-from ...core.toy_world.pretrain import encode_images, finetune_decoder, set_scaling_factor, train_unet, train_vae
+from ...core.toy_world.pretrain import (
+    encode_images,
+    finetune_decoder,
+    set_scaling_factor,
+    toy_pipeline,
+    train_unet,
+    train_vae,
+    vae_weights,
+)
 from ...kedro_glue.tracking import step_logger
 
 logger = logging.getLogger(__name__)
@@ -62,26 +70,10 @@ def _device(cfg: PretrainConfig) -> torch.device:
         else resolve_device(cfg.device)
 
 
-def vae_weights(vae) -> dict:
-    """The VAE's state dict plus its fitted ``scaling_factor`` (one safetensors file)."""
-    weights = {k: v.contiguous() for k, v in vae.state_dict().items()}
-    weights["scaling_factor"] = torch.tensor(vae.config.scaling_factor)
-    return weights
-
-
-def _toy_pipeline(cfg: PretrainConfig, vae_weights: dict):
-    pipe = build_miniature_sdxl(cfg.model.miniature_spec())
-    weights = dict(vae_weights)
-    factor = float(weights.pop("scaling_factor"))
-    pipe.vae.load_state_dict(weights)
-    pipe.vae.register_to_config(scaling_factor=factor)
-    return pipe
-
-
 def encode_pool(pool: dict, vae_weights: dict, pretrain_params: dict) -> dict:
     """Scaled VAE posterior of every pool image: ``{"mean", "std"}``, each (N, 4, h, w)."""
     cfg = _cfg(pretrain_params)
-    vae = _toy_pipeline(cfg, vae_weights).vae.to(_device(cfg))
+    vae = toy_pipeline(cfg, vae_weights).vae.to(_device(cfg))
     mean, std = encode_images(vae, pool["images"])
     sf = vae.config.scaling_factor
     return {"mean": (mean * sf).contiguous(), "std": (std * sf).contiguous()}
@@ -91,7 +83,7 @@ def pretrain_unet(latents: dict, captions: list[str], vae_weights: dict, pretrai
                   checkpoints: CheckpointStore) -> tuple[object, dict]:
     """Train the UNet and both text encoders; returns the whole pipeline (saved as a diffusers folder) and a log."""
     cfg = _cfg(pretrain_params)
-    pipe = _toy_pipeline(cfg, vae_weights)
+    pipe = toy_pipeline(cfg, vae_weights)
     if cfg.unet.continue_from:
         _load_trainables(pipe, cfg.unet.continue_from)
     device = _device(cfg)

@@ -1,0 +1,143 @@
+"""The whole job as a user runs it: ``kedro run`` (default parameters except fewer LoRA training steps, the
+committed toy-world model and judges) in a copy of the project ends with a report whose judged table has a row
+for every method; then ``--pipelines generation`` and ``--pipelines evaluation`` on their own, MLflow, and the
+notebook top to bottom. The default job's wall time (the issue's 5 minutes) is measured by
+``benchmarks/job_time.py``, not here: a timed test fails on a loaded machine and proves nothing on a quiet one.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.helpers import copy_project, enabled_methods, kedro
+
+pytestmark = pytest.mark.slow
+
+REQUIRED = ["method", "subject_fidelity", "style_fidelity", "clip_style", "dino_subject", "clip_text", "harmonic",
+            "merge_seconds", "peak_mb"]
+# Fewer LoRA steps than the defaults (1000 / 300 / 1300): the LoRAs' 160 s are most of the default job's time, and
+# what these tests check (every stage wired, every method reported, reruns, MLflow) does not depend on them.
+FEWER_STEPS = "subject.lora.steps=150,style.lora.steps=60,joint.lora.steps=210"
+
+
+def _versions(project: Path, rel: str) -> list[Path]:
+    return sorted((project / "data" / rel).glob("*/"))
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory) -> dict:
+    # the committed toy-world base model and judges (the real default), the sample data at its default 64 px
+    root = copy_project(tmp_path_factory.mktemp("full_job"), sample_size=64, models=("toy_sdxl", "toy_judges"),
+                        extra=("notebooks",))
+    proc = kedro(root, "run", "--params", FEWER_STEPS)
+    return {"project": root, "log": proc.stdout}
+
+
+def test_whole_job_reports_every_method(job):
+    project = job["project"]
+    [csv_version] = _versions(project, "08_reporting/evaluation/metrics.csv")
+    table = pd.read_csv(csv_version / "metrics.csv")
+    assert set(REQUIRED) <= set(table.columns)
+    assert list(table["method"]) == list(enabled_methods())  # every method, in parameter order
+    assert table[["subject_fidelity", "style_fidelity"]].notna().all().all()
+    assert table.set_index("method").loc["subject_lora", "subject_fidelity"] == pytest.approx(1.0, abs=1e-6)
+    [report] = _versions(project, "08_reporting/evaluation/report")
+    text = (report / "report" / "report.md").read_text()
+    for method in enabled_methods():
+        assert f"| {method} " in text, method
+    assert "Judged scores (our Table 2)" in text and "95 %" in text and "mean nothing" not in text
+    assert "Judged on held-out prompts and seeds, ziplora minus direct_merge" in text
+    seeds = range(100, 108)
+    assert {p.name for p in (report / "report").iterdir()} == {
+        "report.md", "report.html", "metrics_chart.png", "judged_chart.png",
+        *(f"contact_sheet_seed{s}.png" for s in seeds)}
+    page = (report / "report" / "report.html").read_text()  # self-contained: every image inside the page
+    assert page.count('src="data:image/png;base64,') == 2 + len(seeds) and "<table>" in page
+    judged = table.set_index("method")[["dino_subject", "clip_style", "clip_text"]]
+    assert judged.notna().all().all()
+    # the judges tell the references apart even at these few steps: each LoRA scores above the base model on the
+    # axis of its own concept (toy-world judges; the default run's figures: docs/results/default_run.md)
+    assert judged.loc["subject_lora", "dino_subject"] > judged.loc["base", "dino_subject"] + 0.1
+    assert judged.loc["style_lora", "clip_style"] > judged.loc["base", "clip_style"] + 0.1
+    [images] = _versions(project, "07_model_output/generated")
+    assert len(list((images / "generated").glob("*.png"))) == len(enabled_methods()) * 6 * 8  # methods × prompts × seeds
+
+
+def test_job_is_in_mlflow(job):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{job['project'] / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("ziplora_pipeline")
+    [run] = client.search_runs([exp.experiment_id])
+    metrics = run.data.metrics
+    for method in enabled_methods():
+        assert f"eval.{method}.subject_fidelity" in metrics and f"eval.{method}.style_fidelity" in metrics
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "report/report")}
+    assert {"report/report/report.md", "report/report/report.html"} <= logged
+    assert re.fullmatch(r"job · \d{4}-\d\d-\d\dT\d\d\.\d\d", run.info.run_name), run.info.run_name
+    assert run.data.tags["runner"] == "SequentialRunner"
+    assert "eval.joint.train_seconds" in metrics and "eval.joint.merge_seconds" not in metrics
+    assert "merge.pool.recon_subject_final" in metrics and "merge.step.recon_subject" in metrics
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "generation")} >= {
+        "generation/contact_sheets", "generation/generated_images", "generation/generation_manifest"}
+
+
+def test_generation_and_evaluation_run_on_their_own(job):
+    project = job["project"]
+    kedro(project, "run", "--pipelines", "generation", "--params", "generation.num_inference_steps=2")
+    assert len(_versions(project, "08_reporting/generation/contact_sheets")) == 2
+    kedro(project, "run", "--pipelines", "evaluation")
+    reports = _versions(project, "08_reporting/evaluation/report")
+    assert len(reports) == 2
+    tables = [pd.read_csv(v / "metrics.csv") for v in _versions(project, "08_reporting/evaluation/metrics.csv")]
+    # Same LoRAs, same seeds: the second evaluation reproduces the first's output fidelity exactly.
+    pd.testing.assert_series_equal(tables[0]["subject_fidelity"], tables[1]["subject_fidelity"])
+
+
+def test_notebook_runs_top_to_bottom_on_the_latest_run(job):
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(job["project"] / "notebooks" / "walkthrough.ipynb", as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(job["project"])}}).execute()
+    text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "contact_sheet_seed100" in text and "Output fidelity, ziplora vs direct_merge" in text
+    images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= 4  # contact sheet, metrics chart, merge analysis, merge curves
+
+
+def test_log_before_the_first_node_is_short_and_plain(job):
+    lines = job["log"].splitlines()
+    first = next(i for i, line in enumerate(lines) if "Running node" in line)
+    assert first <= 40, "\n".join(lines[:first])
+    assert "\x1b[" not in job["log"]  # no colour codes when the output is a file or a pipe
+    for harmless in ("register_new_resolver", "Add type hints", "should be kept in float32", "requires torchvision"):
+        assert harmless not in job["log"], harmless
+
+
+def test_merge_run_names_the_lora_versions_it_merged_and_a_typo_leaves_no_run(job):
+    from mlflow.tracking import MlflowClient
+
+    project = job["project"]
+    kedro(project, "run", "--pipelines", "merge", "--params", "merge.steps=3")
+    bad = kedro(project, "run", "--pipelines", "merge", "--params", "merge.stpes=3", check=False)
+    assert bad.returncode != 0 and "merge.stpes" in bad.stdout
+    assert bad.stdout.rstrip().splitlines()[-1].startswith("kedro run --pipelines merge --params merge.stpes=3 failed: ")
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("ziplora_pipeline")
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+    assert all(r.info.status == "FINISHED" for r in runs)  # the typo opened no run
+    names = [r.info.run_name.split(" · ")[0] for r in runs]
+    assert names[0] == "job" and names[-1] == "merge" and names.count("merge") == 1, names
+    merge = runs[-1]
+    inputs = {d.dataset.name: d.dataset.digest for d in merge.inputs.dataset_inputs}
+    for concept in ("subject", "style"):
+        [on_disk] = _versions(project, f"06_models/{concept}_lora/pytorch_lora_weights.safetensors")
+        assert merge.data.tags[f"input_version.{concept}_lora_weights"] == on_disk.name
+        assert inputs[f"{concept}_lora_weights"] == on_disk.name
