@@ -89,15 +89,8 @@ def run(args, settings: list[dict], out: Path, done: list[dict]) -> None:
     from ziplora_pipeline.core.config_utils import from_dict
     from ziplora_pipeline.core.diffusion.base_model import BaseModelConfig, load_base_pipeline, resolve_device
     from ziplora_pipeline.core.evaluation.generation import GenerationConfig, PromptItem
-    from ziplora_pipeline.core.evaluation.grid import (
-        REFERENCE_GROUPS,
-        REFERENCES,
-        GridConfig,
-        generate_methods,
-        judge_method,
-        pair_name,
-        pair_prompts,
-    )
+    from ziplora_pipeline.core.evaluation.grid import (REFERENCE_GROUPS, REFERENCES, GridConfig, generate_methods,
+                                                       judge_method, pair_name, pair_prompts)
     from ziplora_pipeline.core.evaluation.judges import EvaluationConfig, load_judges
     from ziplora_pipeline.core.merging.build import build_methods
     from ziplora_pipeline.core.merging.method import MethodAssets

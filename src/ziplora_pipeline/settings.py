@@ -5,15 +5,8 @@ from pathlib import Path
 from kedro.config import OmegaConfigLoader
 from kedro.utils import find_kedro_project
 
-from .kedro_glue.hooks import (
-    ErrorSummaryHooks,
-    GridHooks,
-    GridRunHooks,
-    MemoryHooks,
-    MlflowArtifactHooks,
-    PreflightHooks,
-    RunTrackingHooks,
-)
+from .kedro_glue.hooks import (ErrorSummaryHooks, GridHooks, GridRunHooks, MemoryHooks, MlflowArtifactHooks,
+                               PreflightHooks, RunTrackingHooks)
 from .kedro_glue.quiet import silence_known_warnings
 
 silence_known_warnings()

@@ -10,14 +10,8 @@ from kedro.io.core import DatasetError, Version
 from PIL import Image
 
 from ziplora_pipeline.core.lora.io import LoraFile, pack_lora_file
-from ziplora_pipeline.datasets import (
-    BinaryDataset,
-    CheckpointStoreDataset,
-    ImageSetDataset,
-    JSONDataset,
-    LoraSafetensorsDataset,
-    TensorDictDataset,
-)
+from ziplora_pipeline.datasets import (BinaryDataset, CheckpointStoreDataset, ImageSetDataset, JSONDataset,
+                                       LoraSafetensorsDataset, TensorDictDataset)
 from ziplora_pipeline.datasets import atomic_files as atomic_files_module
 from ziplora_pipeline.datasets import image_set as image_set_module
 from ziplora_pipeline.datasets import lora_safetensors as lora_module

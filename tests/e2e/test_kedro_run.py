@@ -134,7 +134,7 @@ def test_subject_pipeline_alone_adds_only_a_subject_version(project, first_run):
     assert len(subject) == 2 and subject[0] == first_run["subject"][0]
     # one log line per exported LoRA, naming its file and version
     out = proc.stdout + proc.stderr  # rich folds the long path over lines, so its parts are checked
-    assert "Saved LoRA subject_lora_weights:" in out and f"(version {subject[1]})" in out, out[-3000:]
+    assert "Saved LoRA subject_lora_weights:" in out and f"{subject[1]})" in out, out[-3000:]
     assert style == first_run["style"]
     # Same data, config and seed: the re-trained LoRA is identical (reproducible across processes).
     a = load_file(str(_lora_path(project, "subject", subject[0])))

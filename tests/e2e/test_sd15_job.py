@@ -18,6 +18,7 @@ def test_whole_job_on_the_sd15_miniature(tmp_path):
     from tests.helpers import copy_project
 
     copy_project(tmp_path)
+    (tmp_path / "conf/local/parameters.yml").write_text("generation:\n  seeds: [100, 101]\n")  # 2 of the 8 seeds
     # A random-weight SD-1.5-shaped miniature built at first use, tiny random encoders (their scores mean nothing;
     # the report says so): this test is about the code path, not the pictures.
     params = ("base_model.pretrained_model_name_or_path=data/06_models/miniature_sd15,base_model.miniature_family=sd,"

@@ -8,13 +8,8 @@ import json
 import pytest
 import torch
 
-from ziplora_pipeline.core.diffusion.base_model import (
-    BaseModelConfig,
-    BaseModelError,
-    check_sdxl_folder,
-    ensure_base_model,
-    load_base_pipeline,
-)
+from ziplora_pipeline.core.diffusion.base_model import (BaseModelConfig, BaseModelError, check_sdxl_folder,
+                                                        ensure_base_model, load_base_pipeline)
 
 
 def _assert_state_dicts_equal(a: torch.nn.Module, b: torch.nn.Module, what: str) -> None:

@@ -9,15 +9,8 @@ import logging
 import pytest
 import torch
 
-from ziplora_pipeline.core.diffusion.base_model import (
-    BaseModelConfig,
-    BaseModelError,
-    check_sdxl_folder,
-    load_base_pipeline,
-    model_family,
-    resolve_device,
-    resolve_dtype,
-)
+from ziplora_pipeline.core.diffusion.base_model import (BaseModelConfig, BaseModelError, check_sdxl_folder,
+                                                        load_base_pipeline, model_family, resolve_device, resolve_dtype)
 from ziplora_pipeline.core.diffusion.sdxl import encode_concept
 from ziplora_pipeline.core.lora.io import LoraFormatError, check_family
 from ziplora_pipeline.core.lora.training import LoraTrainingConfig, train_lora

@@ -5,15 +5,8 @@ import random
 
 import pytest
 
-from ziplora_pipeline.core.evaluation.claims import (
-    claim_rows,
-    claims_frame,
-    claims_verdict,
-    judge_agreement,
-    judges_verdict,
-    strength_curve,
-    summarise_axes,
-)
+from ziplora_pipeline.core.evaluation.claims import (claim_rows, claims_frame, claims_verdict, judge_agreement,
+                                                     judges_verdict, strength_curve, summarise_axes)
 from ziplora_pipeline.core.toy_world.judges import ToyAttributeEncoder
 from ziplora_pipeline.core.toy_world.render import Scene, random_instance, random_pose, render
 

@@ -14,17 +14,12 @@ from ziplora_pipeline.core.config_utils import ConfigError, from_dict
 from ziplora_pipeline.core.diffusion.sdxl import encode_concept
 from ziplora_pipeline.core.evaluation.contact_sheet import GUTTER, contact_sheet, sheet_layout
 from ziplora_pipeline.core.evaluation.generation import GenerationConfig, prompt_token_warnings
-from ziplora_pipeline.core.evaluation.image_metrics import (
-    EncoderConfig,
-    alignment,
-    harmonic,
-    load_encoders,
-    neutral_prompt,
-)
+from ziplora_pipeline.core.evaluation.image_metrics import (EncoderConfig, alignment, harmonic, load_encoders,
+                                                            neutral_prompt)
 from ziplora_pipeline.core.evaluation.judges import COLUMNS, EvaluationConfig, headline, metrics_frame
 from ziplora_pipeline.core.evaluation.report import markdown_table, metrics_chart, render_report
 from ziplora_pipeline.core.images import ImageInputError
-from ziplora_pipeline.core.lora.training import LoraTrainingConfig, _group, train_lora
+from ziplora_pipeline.core.lora.training import LoraTrainingConfig, group_for_step, train_lora
 from ziplora_pipeline.core.merging.registry import parse_methods
 from ziplora_pipeline.datasets import FileBundleDataset, LoraSetDataset
 from ziplora_pipeline.kedro_glue.params import validate_parameters
@@ -70,8 +65,8 @@ def test_joint_training_alternates_the_groups(fresh_pipe, subject_images):
     pipe = fresh_pipe()
     groups = [encode_concept(pipe, subject_images, "a photo of sks robot"),
               encode_concept(pipe, subject_images[:1], "a house in zwx style")]
-    assert [_group(groups, i) is groups[i % 2] for i in range(4)] == [True] * 4
-    assert _group(groups[0], 7) is groups[0]
+    assert [group_for_step(groups, i) is groups[i % 2] for i in range(4)] == [True] * 4
+    assert group_for_step(groups[0], 7) is groups[0]
     result = train_lora(pipe, groups, LoraTrainingConfig(steps=4, gradient_accumulation_steps=2), "joint")
     assert len(result.losses) == 4 and all(math.isfinite(x) for x in result.losses)
 

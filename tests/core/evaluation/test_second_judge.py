@@ -4,13 +4,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ziplora_pipeline.core.evaluation.second_judge import (
-    EfficientNetJudge,
-    EfficientNetLite0,
-    JudgeWeightsError,
-    load_efficientnet_lite0,
-    packaged_weights,
-)
+from ziplora_pipeline.core.evaluation.second_judge import (EfficientNetJudge, EfficientNetLite0, JudgeWeightsError,
+                                                           load_efficientnet_lite0, packaged_weights)
 
 
 def test_packaged_weights_load_by_name_with_every_shape():

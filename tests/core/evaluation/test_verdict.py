@@ -9,14 +9,8 @@ import pandas as pd
 import pytest
 
 from ziplora_pipeline.core.evaluation.report import judged_chart, render_report
-from ziplora_pipeline.core.evaluation.verdict import (
-    bootstrap,
-    by_seed,
-    judged_frame,
-    paired_difference,
-    summarise,
-    verdict,
-)
+from ziplora_pipeline.core.evaluation.verdict import (bootstrap, by_seed, judged_frame, paired_difference, summarise,
+                                                      verdict)
 
 SEEDS = [100, 100, 101, 101, 102, 102, 103, 103]  # two prompts per seed
 

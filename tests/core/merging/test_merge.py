@@ -18,12 +18,8 @@ from ziplora_pipeline.core.lora.io import LoraFile, LoraFormatError
 from ziplora_pipeline.core.lora.training import LoraTrainingConfig, train_lora
 from ziplora_pipeline.core.merging.export import factors_to_lora_file, merged_factors, to_kohya
 from ziplora_pipeline.core.merging.optimise import MergeConfig, build_teacher_pool, pool_terms, ziplora_merge
-from ziplora_pipeline.core.merging.ziplora_layer import (
-    attach_ziplora,
-    detach_ziplora,
-    load_merger_state_dict,
-    set_mergers,
-)
+from ziplora_pipeline.core.merging.ziplora_layer import (attach_ziplora, detach_ziplora, load_merger_state_dict,
+                                                         set_mergers)
 from ziplora_pipeline.datasets.lora_safetensors import LoraSafetensorsDataset
 
 

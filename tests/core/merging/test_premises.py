@@ -4,13 +4,8 @@ import pytest
 import torch
 
 from ziplora_pipeline.core.lora.factors import LoraFactors
-from ziplora_pipeline.core.merging.premises import (
-    column_alignment_by_group,
-    group_layers,
-    layer_group,
-    premises_table,
-    sparsity_by_group,
-)
+from ziplora_pipeline.core.merging.premises import (column_alignment_by_group, group_layers, layer_group,
+                                                    premises_table, sparsity_by_group)
 
 SELF = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
 CROSS = "up_blocks.0.attentions.1.transformer_blocks.0.attn2.to_v"

@@ -8,15 +8,8 @@ from torch import nn
 
 from ziplora_pipeline.core.lora.factors import LoraFactors
 from ziplora_pipeline.core.merging.export import factors_to_lora_file, merged_factors
-from ziplora_pipeline.core.merging.ziplora_layer import (
-    ZipLoRALinear,
-    attach_ziplora,
-    detach_ziplora,
-    mean_abs_cosine,
-    merger_state_dict,
-    overlap_penalty,
-    set_mergers,
-)
+from ziplora_pipeline.core.merging.ziplora_layer import (ZipLoRALinear, attach_ziplora, detach_ziplora, mean_abs_cosine,
+                                                         merger_state_dict, overlap_penalty, set_mergers)
 
 IN, OUT = 12, 10
 

@@ -9,14 +9,8 @@ from ziplora_pipeline.core.diffusion.miniature import build_miniature_sdxl
 from ziplora_pipeline.core.lora.checkpoints import CheckpointStore
 from ziplora_pipeline.core.toy_world.config import ToyModelSpec
 from ziplora_pipeline.core.toy_world.data import PoolConfig, render_pool
-from ziplora_pipeline.core.toy_world.pretrain import (
-    UnetTrainingConfig,
-    VaeTrainingConfig,
-    encode_images,
-    set_scaling_factor,
-    train_unet,
-    train_vae,
-)
+from ziplora_pipeline.core.toy_world.pretrain import (UnetTrainingConfig, VaeTrainingConfig, encode_images,
+                                                      set_scaling_factor, train_unet, train_vae)
 
 SPEC = ToyModelSpec(vae_channels=(8, 8, 16, 16), unet_channels=(16, 32), text_hidden=16, projection_dim=16)
 

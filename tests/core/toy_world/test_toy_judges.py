@@ -9,20 +9,10 @@ import pytest
 import torch
 
 from tests.helpers import PROJECT_ROOT
-from ziplora_pipeline.core.toy_world.judge_training import (
-    JudgeTrainingConfig,
-    evaluate_judges,
-    is_subject_design,
-    train_judges,
-    training_designs,
-)
-from ziplora_pipeline.core.toy_world.judges import (
-    JudgeError,
-    ToyAttributeEncoder,
-    ToyIdentityEncoder,
-    load_judge,
-    parse_prompt,
-)
+from ziplora_pipeline.core.toy_world.judge_training import (JudgeTrainingConfig, evaluate_judges, is_subject_design,
+                                                            train_judges, training_designs)
+from ziplora_pipeline.core.toy_world.judges import (JudgeError, ToyAttributeEncoder, ToyIdentityEncoder, load_judge,
+                                                    parse_prompt)
 from ziplora_pipeline.core.toy_world.render import SKS_ROBOT, Scene, random_scene, render
 
 SHIPPED = PROJECT_ROOT / "data" / "06_models" / "toy_judges"

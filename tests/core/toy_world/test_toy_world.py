@@ -8,14 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from ziplora_pipeline.core.toy_world.data import (
-    WORDS,
-    PoolConfig,
-    heldout_prompts,
-    heldout_triples,
-    is_sample_subject_like,
-    render_pool,
-)
+from ziplora_pipeline.core.toy_world.data import (WORDS, PoolConfig, heldout_prompts, heldout_triples,
+                                                  is_sample_subject_like, render_pool)
 from ziplora_pipeline.core.toy_world.render import CLASSES, SKS_ROBOT, STYLES, Scene, caption, random_scene, render
 
 
@@ -55,14 +49,14 @@ def test_pool_never_draws_the_subject_or_heldout_combinations():
 
 
 def test_tokenizer_keeps_world_words_whole_and_rare_tokens_split():
-    from ziplora_pipeline.core.diffusion.miniature import _tokenizer
+    from ziplora_pipeline.core.diffusion.miniature import miniature_tokenizer
 
-    tok = _tokenizer(WORDS)
+    tok = miniature_tokenizer(WORDS)
     assert [w for w in WORDS if len(w) > 1 and len(tok(w).input_ids) != 3] == []  # bos, one token, eos
     pieces = tok.convert_ids_to_tokens(tok("a sks robot in neon style").input_ids)
     assert pieces[-4:-1] == ["in</w>", "neon</w>", "style</w>"] and "sks</w>" not in pieces
     assert tok.eos_token_id == len(tok) - 1 and tok.bos_token_id == len(tok) - 2
-    assert _tokenizer()("robot").input_ids[1:-1] != tok("robot").input_ids[1:-1]  # no words: characters
+    assert miniature_tokenizer()("robot").input_ids[1:-1] != tok("robot").input_ids[1:-1]  # no words: characters
 
 
 @pytest.mark.parametrize("style", STYLES)

@@ -59,7 +59,7 @@ def _byte_vocab() -> dict[str, int]:
     return {tok: i for i, tok in enumerate(tokens)}
 
 
-def _tokenizer(words: tuple[str, ...] = ()):
+def miniature_tokenizer(words: tuple[str, ...] = ()):
     """An offline CLIP tokenizer: the byte-level alphabet plus one whole-word token per ``words``.
 
     For each word the BPE merges join its characters left to right ("r o" -> "ro", "ro b" ->
@@ -109,7 +109,7 @@ def build_miniature_sdxl(spec: MiniatureSpec = MiniatureSpec()):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(spec.seed)
-    tokenizer = _tokenizer(tuple(spec.words))
+    tokenizer = miniature_tokenizer(tuple(spec.words))
     vocab = len(tokenizer)
     text_cfg = dict(
         hidden_size=spec.text_hidden, intermediate_size=spec.text_hidden * 2, num_hidden_layers=spec.text_layers,
@@ -181,7 +181,7 @@ def build_miniature_sd15(spec: MiniatureSpec):
                         sample_size=spec.sample_size, scaling_factor=0.18215)  # SD 1.5 VAE's
     scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                               num_train_timesteps=1000, skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)
-    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=_tokenizer(), unet=unet,
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=miniature_tokenizer(), unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
 
@@ -222,6 +222,6 @@ def build_sdxl_from_configs(device: str = "cpu", dtype: torch.dtype = torch.floa
         vae = AutoencoderKL.from_config(cfg["vae"]).to(dtype)
         te = CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"])).to(dtype)
         te2 = CLIPTextModelWithProjection(CLIPTextConfig(**cfg["text_encoder_2"])).to(dtype)
-    tok = _tokenizer()
+    tok = miniature_tokenizer()
     return StableDiffusionXLPipeline(vae=vae, text_encoder=te, text_encoder_2=te2, tokenizer=tok, tokenizer_2=tok,
                                      unet=unet, scheduler=EulerDiscreteScheduler.from_config(cfg["scheduler"]))

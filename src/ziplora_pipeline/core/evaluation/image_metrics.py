@@ -50,10 +50,10 @@ def build_tiny_clip(folder: str | Path, seed: int = 0) -> Path:
     """A random CLIPModel (32-wide, 2 layers, 32 px) with tokenizer and PIL image processor, saved at ``folder``."""
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
 
-    from ..diffusion.miniature import _tokenizer  # the miniature SDXL's offline byte-level CLIP tokenizer
+    from ..diffusion.miniature import miniature_tokenizer  # the miniature SDXL's offline byte-level CLIP tokenizer
 
     torch.manual_seed(seed)
-    tok = _tokenizer()
+    tok = miniature_tokenizer()
     n = len(tok)
     text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=n,
                 max_position_embeddings=77, bos_token_id=n - 2, eos_token_id=n - 1, pad_token_id=n - 1)

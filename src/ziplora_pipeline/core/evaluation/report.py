@@ -118,15 +118,8 @@ def claims_section(judged_groups: dict, judged: dict, compare: tuple[str, str], 
                    first_judge: str = "first judge") -> list[str]:
     """The paper's three claims (+ strength control) as markdown: verdict lines, the table, the strength curve,
     and whether the second judge orders the methods as the first does (core/evaluation/claims.py)."""
-    from .claims import (
-        CLAIM_COLUMNS,
-        claim_rows,
-        claims_frame,
-        claims_verdict,
-        judge_agreement,
-        judges_verdict,
-        strength_curve,
-    )
+    from .claims import (CLAIM_COLUMNS, claim_rows, claims_frame, claims_verdict, judge_agreement, judges_verdict,
+                         strength_curve)
 
     lines = ["## The paper's three claims (held-out prompts and seeds)", "",
              "This is one subject × style pair, its intervals over seeds. The headline over pairs (intervals over "

@@ -153,7 +153,7 @@ def train_lora(
         inputs: the encoded concept, or a function that encodes it (called every step when
             ``cfg.cache_latents`` is false, to measure what caching saves). A list of encoded
             groups (each with its own images and prompt: joint training) is trained on in turn,
-            one group per micro-batch (``_group``).
+            one group per micro-batch (``group_for_step``).
         checkpoints: where to save/resume; the run key hashes ``cfg`` and ``key_parts``.
         on_step: called with (step, loss) after each optimizer step (e.g. MLflow logging).
     """
@@ -201,7 +201,7 @@ def _optimizer_step(accelerator, model, optimizer, params, scheduler, get_inputs
     optimizer.zero_grad(set_to_none=True)
     total, k = 0.0, cfg.gradient_accumulation_steps
     for micro in range(k):
-        inputs = _group(get_inputs() if callable(get_inputs) else get_inputs, step * k + micro)
+        inputs = group_for_step(get_inputs() if callable(get_inputs) else get_inputs, step * k + micro)
         idx = torch.randint(0, inputs.latent_mean.shape[0], (cfg.batch_size,), generator=generator)
         sync = contextlib.nullcontext() if micro == k - 1 else accelerator.no_sync(model)  # all-reduce once
         with sync, accelerator.autocast():
@@ -213,7 +213,7 @@ def _optimizer_step(accelerator, model, optimizer, params, scheduler, get_inputs
     return total
 
 
-def _group(inputs: ConceptInputs | list[ConceptInputs], micro_step: int) -> ConceptInputs:
+def group_for_step(inputs: ConceptInputs | list[ConceptInputs], micro_step: int) -> ConceptInputs:
     """The group a micro-batch trains on. Groups alternate, so each gets an equal share of the steps
     whatever its image count (joint training sees the one style image as often as the subject
     photos; sampling images uniformly would give it 1/(N+1) of the steps). One group: itself."""

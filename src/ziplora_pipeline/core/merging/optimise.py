@@ -25,15 +25,8 @@ from ..config_utils import require
 from ..diffusion.sdxl import ConceptInputs, batch_conditioning, noisy_batch, predict_in_chunks, unet_call
 from ..lora.factors import LoraFactors
 from .objective import Objective
-from .ziplora_layer import (
-    ZipLoRALinear,
-    attach_ziplora,
-    mean_abs_cosine,
-    merger_parameters,
-    merger_state_dict,
-    overlap_penalty,
-    set_mergers,
-)
+from .ziplora_layer import (ZipLoRALinear, attach_ziplora, mean_abs_cosine, merger_parameters, merger_state_dict,
+                            overlap_penalty, set_mergers)
 
 logger = logging.getLogger(__name__)
 

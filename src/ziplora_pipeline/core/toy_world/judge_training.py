@@ -31,17 +31,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .checks import auroc
-from .judges import (
-    DEFAULT_WIDTHS,
-    HEADS,
-    AttributeJudge,
-    IdentityJudge,
-    JudgeError,
-    ToyAttributeEncoder,
-    ToyIdentityEncoder,
-    images_to_tensor,
-    save_judge,
-)
+from .judges import (DEFAULT_WIDTHS, HEADS, AttributeJudge, IdentityJudge, JudgeError, ToyAttributeEncoder,
+                     ToyIdentityEncoder, images_to_tensor, save_judge)
 from .render import BACKGROUNDS, CLASSES, COLOURS, DETAILS, SKS_ROBOT, STYLES, VARIANTS, Instance, random_scene, render
 
 logger = logging.getLogger(__name__)

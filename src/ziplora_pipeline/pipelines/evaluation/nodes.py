@@ -16,16 +16,8 @@ from ...core.evaluation.contact_sheet import check_same_size
 from ...core.evaluation.fidelity import fidelity_table, make_probe
 from ...core.evaluation.image_metrics import harmonic, image_scores
 from ...core.evaluation.judges import EvaluationConfig, headline, load_judges, metrics_frame
-from ...core.evaluation.report import (
-    claims_section,
-    judged_chart,
-    markdown_table,
-    metrics_chart,
-    png_bytes,
-    premises_section,
-    render_report,
-    report_html,
-)
+from ...core.evaluation.report import (claims_section, judged_chart, markdown_table, metrics_chart, png_bytes,
+                                       premises_section, render_report, report_html)
 from ...core.evaluation.verdict import AXES, judged_frame, verdict
 from ...core.lora.io import LoraFile
 from ...core.merging.build import trained_costs

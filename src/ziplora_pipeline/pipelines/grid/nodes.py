@@ -17,19 +17,9 @@ from ...core.diffusion.base_model import BaseModelConfig, load_base_pipeline, re
 from ...core.evaluation.claims import claim_rows, comparison_markdown, grid_claims, grid_claims_markdown
 from ...core.evaluation.contact_sheet import contact_sheet
 from ...core.evaluation.generation import GenerationConfig, PromptItem
-from ...core.evaluation.grid import (
-    CLAIMED,
-    GridConfig,
-    concept_template,
-    generate_methods,
-    judge_method,
-    pair_method_entries,
-    pair_methods,
-    pair_name,
-    pair_prompts,
-    strength_name,
-    unseen_object,
-)
+from ...core.evaluation.grid import (CLAIMED, GridConfig, concept_template, generate_methods, judge_method,
+                                     pair_method_entries, pair_methods, pair_name, pair_prompts, strength_name,
+                                     unseen_object)
 from ...core.evaluation.image_metrics import TOY_MARKER
 from ...core.evaluation.judges import EvaluationConfig, load_judges
 from ...core.lora.io import LoraFile

@@ -18,15 +18,8 @@ from kedro.pipeline import Node, Pipeline
 
 from ...core.evaluation.grid import GridConfig, pair_name
 from ..merge.nodes import export_merges, zip_merge
-from .nodes import (
-    build_pair_methods,
-    generate_pair,
-    grid_sheets,
-    grid_table,
-    judge_pair,
-    prepare_grid_concept,
-    train_grid_concept_lora,
-)
+from .nodes import (build_pair_methods, generate_pair, grid_sheets, grid_table, judge_pair, prepare_grid_concept,
+                    train_grid_concept_lora)
 
 
 def _bound(func, **kwargs):

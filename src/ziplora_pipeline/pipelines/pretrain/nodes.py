@@ -16,15 +16,8 @@ from ...core.diffusion.miniature import build_miniature_sdxl
 from ...core.lora.checkpoints import CheckpointStore
 from ...core.toy_world.config import PretrainConfig
 from ...core.toy_world.data import render_pool
-from ...core.toy_world.pretrain import (
-    encode_images,
-    finetune_decoder,
-    set_scaling_factor,
-    toy_pipeline,
-    train_unet,
-    train_vae,
-    vae_weights,
-)
+from ...core.toy_world.pretrain import (encode_images, finetune_decoder, set_scaling_factor, toy_pipeline, train_unet,
+                                        train_vae, vae_weights)
 from ...kedro_glue.tracking import step_logger
 
 logger = logging.getLogger(__name__)
