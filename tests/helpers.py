@@ -24,6 +24,13 @@ def default_methods() -> dict[str, dict]:
     return yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_merge.yml").read_text())["merge"]["methods"]
 
 
+def grid_methods() -> list[str]:
+    """``grid.methods`` of conf/base/parameters_grid.yml: what every pair generates besides its references."""
+    import yaml
+
+    return yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_grid.yml").read_text())["grid"]["methods"]
+
+
 def enabled_methods() -> list[str]:
     """The default run's methods, in parameter order."""
     return [n for n, e in default_methods().items() if (e or {}).get("enabled", True)]

@@ -23,7 +23,7 @@ def test_grid_run_then_a_new_style_reruns_only_what_is_new(fresh_project):
     """`kedro run --pipelines grid` on 1 subject x 1 style; then a second style: with --only-missing-outputs only its
     LoRA, its pair and the grid summary run; `--namespaces <pair>` redoes that pair alone; a concept folder without
     images fails before any node runs."""
-    from tests.helpers import PROJECT_ROOT, kedro
+    from tests.helpers import PROJECT_ROOT, grid_methods, kedro
     from ziplora_pipeline.sample_data import write_grid_sample_data
 
     shutil.copytree(PROJECT_ROOT / "data/06_models/toy_judges", fresh_project / "data/06_models/toy_judges")
@@ -56,10 +56,12 @@ def test_grid_run_then_a_new_style_reruns_only_what_is_new(fresh_project):
     assert sorted(second) == sorted(["dots.prepare", "dots.train_lora",
                                      *(f"robot_x_dots.{n}" for n in PAIR_NODES), "grid.sheets", "grid.table"])
     (sheets,) = (fresh_project / "data/08_reporting/grid").glob("1x2_*/sheets/*/sheets")
-    assert sorted(p.name for p in sheets.iterdir()) == [f"{m}_seed100.png" for m in ("direct_merge", "np_lora", "ziplora")]
+    assert sorted(p.name for p in sheets.iterdir()) == sorted(f"{m}_seed100.png" for m in grid_methods())
     (table,) = (fresh_project / "data/08_reporting/grid").glob("1x2_*/table.md/*/table.md")
     text = table.read_text()
-    assert "robot_x_dots" in text and "robot_x_sketch" in text and "## np_lora vs direct_merge" in text
+    assert "robot_x_dots" in text and "robot_x_sketch" in text
+    for method in set(grid_methods()) - {"ziplora", "direct_merge"}:  # a further method: compared with both
+        assert f"## {method} vs direct_merge" in text and f"## {method} vs ziplora" in text
     third = ran(kedro(fresh_project, "run", "--pipelines", "grid", "--namespaces", "robot_x_sketch", "--params", fast))
     assert sorted(third) == sorted(f"robot_x_sketch.{n}" for n in PAIR_NODES)
     local.write_text("grid:\n  subjects:\n    mug: {token: mgx, noun: cup}\n")

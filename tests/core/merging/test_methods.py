@@ -196,7 +196,7 @@ def test_every_default_method_applies_and_restores_the_unet(base_cfg, trained, u
 # ---- bad input --------------------------------------------------------------------------------
 
 def test_unknown_method_lists_the_valid_ones():
-    with pytest.raises(ConfigError, match=r"Unknown method kind 'zipora'.*Did you mean 'ziplora'.*'np_lora'"):
+    with pytest.raises(ConfigError, match=r"Unknown method kind 'zipora'.*Did you mean 'ziplora'.*'peft'"):
         parse_method("zipora", {})
     with pytest.raises(ConfigError, match=r"Unknown parameter 'merge.methods.mine.styel_scale'. Did you mean 'merge.methods.mine.style_scale'"):
         parse_method("mine", {"kind": "ziplora", "styel_scale": 0.5})

@@ -81,13 +81,14 @@ def test_pair_prompts_are_the_claims_groups_with_an_unseen_object_per_style():
 
 
 def test_each_pair_builds_grid_methods_through_the_registry_with_its_references_and_strengths():
-    """grid.methods come from merge.methods (the one list of methods): adding np_lora there generates and judges it
-    for every pair; the references are the LoRAs as trained, the strength variants ZipLoRA re-exported."""
-    cfg = grid(methods=["ziplora", "direct_merge", "np_lora"])
+    """grid.methods come from merge.methods (the one list of methods): naming any other entry there (here a PEFT
+    merge) generates and judges it for every pair; the references are the LoRAs as trained, the strength variants
+    ZipLoRA re-exported."""
+    cfg = grid(methods=["ziplora", "direct_merge", "peft_ties_svd"])
     methods = parse_methods(pair_method_entries(cfg, default_methods()), "grid.methods")
-    assert list(methods) == ["ziplora", "direct_merge", "np_lora", "subject_lora", "style_lora",
+    assert list(methods) == ["ziplora", "direct_merge", "peft_ties_svd", "subject_lora", "style_lora",
                              "ziplora_style0p7", "ziplora_style0p4"]
-    assert methods["np_lora"].kind == "np_lora" and methods["ziplora_style0p4"].style_scale == 0.4
+    assert methods["peft_ties_svd"].kind == "peft" and methods["ziplora_style0p4"].style_scale == 0.4
     assert not methods["subject_lora"].built and methods["ziplora"].built
     pipe = build_grid_pipeline(cfg)
     assert {"robot_x_sketch.build_methods", "robot_x_sketch.export_merges"} <= {n.name for n in pipe.nodes}
