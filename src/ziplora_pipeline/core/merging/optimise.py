@@ -53,6 +53,11 @@ class MergeConfig:
     seed: int = 0
     mixed_precision: str = "no"  # no | bf16 (autocast, any device) | fp16 (CUDA only, with loss scaling)
     gradient_checkpointing: bool = False  # recompute UNet activations in the backward pass (less memory, ~1/3 slower)
+    # gradient: Eq. 3 by Adam through the UNet (the paper); closed_form (ours): each layer's mergers solved from
+    # its inputs' second moments over closed_form_draws forward passes per concept (closed_form.py)
+    solver: str = "gradient"
+    closed_form_draws: int = 16
+    closed_form_ridge: float = 1e-6  # ρ, relative to the mean diagonal of each layer's system
 
     def __post_init__(self):
         require(self.steps >= 0, f"merge.steps must be >= 0, got {self.steps}.")
@@ -65,6 +70,10 @@ class MergeConfig:
                 f"{self.teacher_pool!r}.")
         require(self.batch_size > 0 and self.heldout_draws > 0, "merge.batch_size and merge.heldout_draws must be > 0.")
         require(self.mixed_precision in ("no", "fp16", "bf16"), "merge.mixed_precision must be no, fp16 or bf16.")
+        require(self.solver in ("gradient", "closed_form"), f"merge.solver must be gradient or closed_form, got "
+                                                            f"{self.solver!r}.")
+        require(self.closed_form_draws > 0 and self.closed_form_ridge >= 0,
+                "merge.closed_form_draws must be > 0 and merge.closed_form_ridge >= 0.")
 
     @property
     def objective(self) -> Objective:
@@ -169,6 +178,8 @@ def ziplora_merge(unet, loras: dict[str, dict[str, LoraFactors]], inputs: dict[s
     was_checkpointing = bool(getattr(unet, "is_gradient_checkpointing", False))
     _set_checkpointing(unet, cfg.gradient_checkpointing)
     try:
+        if cfg.solver == "closed_form":
+            return _closed_form(unet, wrappers, list(loras), loras, inputs, cfg, scheduler)
         return _optimise(unet, wrappers, list(loras), inputs, cfg, scheduler, on_step, progress)
     finally:
         detach_ziplora(unet, wrappers)
@@ -266,3 +277,26 @@ def _optimise(unet, wrappers, names, inputs, cfg, scheduler, on_step, progress) 
     heldout_final = final if fresh else pool_terms(unet, wrappers, heldout, names, cfg)
     return MergeResult(merger_state_dict(wrappers), history, seconds, stopped, initial, final, heldout_initial,
                        heldout_final)
+
+
+def _closed_form(unet, wrappers, names, loras, inputs, cfg, scheduler) -> MergeResult:
+    """``merge.solver: closed_form`` (ours, closed_form.py): statistics from forward passes, one solve per layer; the
+    same held-out figures as the optimiser's (draws from another seed), before (mergers all ones) and after."""
+    from .closed_form import record_input_stats, solve_mergers
+
+    torch.manual_seed(cfg.seed)
+    heldout_gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)
+    heldout = [build_teacher_pool(unet, wrappers, scheduler, n, inputs[n], cfg, heldout_gen, cfg.heldout_draws)
+               for n in names]
+    initial = pool_terms(unet, wrappers, heldout, names, cfg)
+    t0 = time.perf_counter()
+    stats = record_input_stats(unet, wrappers, names, inputs, scheduler, cfg.closed_form_draws, cfg.timestep_range,
+                               cfg.batch_size, torch.Generator().manual_seed(cfg.seed))
+    solve_mergers(wrappers, loras, stats, cfg.lambda_overlap, cfg.overlap, cfg.normalize_recon, cfg.closed_form_ridge)
+    seconds = time.perf_counter() - t0
+    final = pool_terms(unet, wrappers, heldout, names, cfg)
+    history = {k: [] for k in ["loss", "recon", "overlap", "mean_abs_cos", *[f"recon_{n}" for n in names]]}
+    logger.info("ZipLoRA closed form: %d draws per concept, %d layers solved in %.1f s", cfg.closed_form_draws,
+                len(wrappers), seconds)
+    return MergeResult(merger_state_dict(wrappers), history, seconds, False, initial, final, initial, final)
+
