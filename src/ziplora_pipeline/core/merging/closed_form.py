@@ -32,13 +32,14 @@ noisy latents, accumulated in fp64 per adapted layer by forward pre-hooks.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 
 import torch
-import torch.nn.functional as F
 
 from ..lora.factors import LoraFactors
+from .ziplora_layer import overlap_terms
 
 logger = logging.getLogger(__name__)
 
@@ -86,12 +87,8 @@ def _delta_gram(fa: LoraFactors, fb: LoraFactors) -> torch.Tensor:
 
 
 def _overlap(mc: torch.Tensor, ms: torch.Tensor, form: str) -> torch.Tensor:
-    """The overlap penalty of one layer (``ziplora_layer._overlap_terms`` for one pair)."""
-    if form == "cosine":
-        return F.cosine_similarity(mc, ms, dim=0).abs()
-    if form == "mean_product":
-        return (mc * ms).abs().mean()
-    return (mc * ms).sum().abs()
+    """The overlap penalty of one layer: ``ziplora_layer``'s per-pair terms, for one pair."""
+    return overlap_terms(mc[None], ms[None], form)[0]
 
 
 def solve_layer(factors: dict[str, LoraFactors], moments: dict[str, torch.Tensor], lambda_overlap: float,
@@ -136,7 +133,9 @@ def solve_layer(factors: dict[str, LoraFactors], moments: dict[str, torch.Tensor
         rhs += K @ target / effect
         quadratics.append((K / effect, target))
     scale = float(system.diagonal().mean()) or 1.0
-    rank = int(torch.linalg.matrix_rank(system))
+    eigenvalues = torch.linalg.eigvalsh(system)  # ascending; the system is symmetric positive semi-definite
+    tolerance = float(eigenvalues.abs().max()) * 2 * n * torch.finfo(torch.float64).eps  # matrix_rank's default
+    rank = int((eigenvalues.abs() > tolerance).sum())
     if rank < 2 * n:
         logger.warning("%s: singular input statistics (rank %d of %d); the ridge (%.1e × mean diagonal) keeps the "
                        "mergers of the directions without data at 1", where, rank, 2 * n, ridge)
@@ -148,11 +147,13 @@ def solve_layer(factors: dict[str, LoraFactors], moments: dict[str, torch.Tensor
         raise ValueError(f"{where}: the closed-form solve gave non-finite mergers (statistics with NaN/inf?).")
     m = m0
     if lambda_overlap > 0 and overlap == "dot":
-        m = _dot_minimum(system, rhs + rho * ones, rho, quadratics, lambda_overlap, blocks[c], blocks[s])
+        m = _dot_minimum(system, rhs + rho * ones, rho, float(eigenvalues[0]), quadratics, lambda_overlap,
+                         blocks[c], blocks[s])
         if m is None:  # no positive-definite piece: not convex here; L-BFGS on the statistics
             m = _refine(m0, quadratics, lambda_overlap, overlap, rho, blocks[c], blocks[s], refine_steps)
     elif lambda_overlap > 0:  # not quadratic (and not convex): local searches from three starts, the best kept
-        dot = _dot_minimum(system, rhs + rho * ones, rho, quadratics, lambda_overlap, blocks[c], blocks[s])
+        dot = _dot_minimum(system, rhs + rho * ones, rho, float(eigenvalues[0]), quadratics, lambda_overlap,
+                           blocks[c], blocks[s])
         starts = [ones] + ([dot] if dot is not None else [m0])
         m = min((_refine(x, quadratics, lambda_overlap, overlap, rho, blocks[c], blocks[s], refine_steps)
                  for x in starts),
@@ -165,14 +166,14 @@ def _objective(m, quadratics, lam, form, rho, bc, bs) -> torch.Tensor:
             + rho * (m - 1).pow(2).sum())
 
 
-def _dot_minimum(system, rhs, rho, quadratics, lam, bc, bs, bisections: int = 30) -> torch.Tensor | None:
+def _dot_minimum(system, rhs, rho, lowest, quadratics, lam, bc, bs, bisections: int = 30) -> torch.Tensor | None:
     """The minimiser of the quadratic + λ |m_cᵀ m_s| (+ ρ ‖m − 1‖²), exactly, where each piece is convex.
 
     KKT: ∇Q + ν J m = 0 with ν = λ sign(d) off the kink d = m_cᵀ m_s = 0, ν ∈ [−λ, λ] on it. So the candidates
     are the solutions m(ν) = (S + ν/2 J + ρ I)⁻¹ r at ν = +λ (valid if d ≥ 0) and ν = −λ (valid if d ≤ 0), and
     on the kink the ν where d(m(ν)) = 0 (bisection over the ν that keep the system positive definite, where
     m(ν) minimises Q + ν d); the lowest objective among them. None if there is no candidate (the multiplier the
-    kink needs makes the system indefinite: the problem is not convex there).
+    kink needs makes the system indefinite: the problem is not convex there). ``lowest``: λ_min(S).
     """
     n2 = system.shape[0]
     n = n2 // 2
@@ -181,6 +182,7 @@ def _dot_minimum(system, rhs, rho, quadratics, lam, bc, bs, bisections: int = 30
     J[bc, bs] = eye[:n, :n]
     J[bs, bc] = eye[:n, :n]
 
+    @functools.lru_cache(maxsize=None)  # ±λ are asked for by the pieces and by the kink's bracket
     def at(nu):
         lhs = system + (nu / 2) * J + rho * eye
         if torch.linalg.cholesky_ex(lhs).info != 0:
@@ -189,7 +191,7 @@ def _dot_minimum(system, rhs, rho, quadratics, lam, bc, bs, bisections: int = 30
         return m, float(m[bc] @ m[bs])
 
     # S + ν/2 J + ρ I is positive definite iff |ν| / 2 < λ_min(S + ρ I) (J's eigenvalues are ±1)
-    limit = 2 * float(torch.linalg.eigvalsh(system + rho * eye)[0]) * (1 - 1e-9)
+    limit = 2 * (lowest + rho) * (1 - 1e-9)
     candidates = []
     if lam < limit:
         (mp, dp), (mn, dn) = at(lam), at(-lam)

@@ -13,6 +13,7 @@ kind is one ``MergeMethod`` subclass in its own file under ``core/merging/``, fo
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -104,7 +105,7 @@ class BuildContext:
         return text_encoder_parts({n: self.sources[n] for n in ("subject", "style")})
 
 
-class MergeMethod:
+class MergeMethod(ABC):
     """One compared method. Subclasses set ``kind`` (its registry name) and ``Options`` (a frozen dataclass of
     its parameters) and implement ``build``; ``applied`` defaults to loading the method's built file."""
 
@@ -124,9 +125,9 @@ class MergeMethod:
         """The style strength the method is exported at, where it has one (the report's strength curve)."""
         return None
 
+    @abstractmethod
     def build(self, ctx: BuildContext) -> tuple[LoraFile | None, dict]:
         """(the method's LoRA file or None, its cost: merge_seconds, peak_mb, memory_kind, file_mb)."""
-        raise NotImplementedError
 
     def applied(self, pipe, assets: MethodAssets):
         """Context manager: the method on ``pipe.unet`` inside, the plain UNet again after."""

@@ -39,7 +39,7 @@ class MergeConfig:
     steps: int = 100  # paper: at most 100
     learning_rate: float = 0.01  # paper: 0.01
     lambda_overlap: float = 0.01  # paper: λ = 0.01
-    overlap: str = "cosine"  # cosine | mean_product | dot (see ziplora_layer._overlap_terms); chosen by measurement
+    overlap: str = "cosine"  # cosine | mean_product | dot (see ziplora_layer.overlap_terms); chosen by measurement
     squared_norm: bool = True  # ‖·‖² (mean squared error) or ‖·‖ (root mean square)
     normalize_recon: bool = True  # divide each concept's term by ‖D − (D ⊕ L_i)‖ on its pool (objective.py)
     timestep_range: tuple[int, int] = (0, 1000)  # sampled uniformly in [lo, hi)

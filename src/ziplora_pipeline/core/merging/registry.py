@@ -51,7 +51,7 @@ def parse_methods(raw: dict[str, dict] | None, where: str = "merge.methods", ena
                   ) -> dict[str, MergeMethod]:
     """The entries of ``raw`` in order (the enabled ones unless ``enabled_only=False``); at least one enabled."""
     require(isinstance(raw, dict) and raw, f"{where} must map method names to their entries "
-                                           "(conf/base/parameters_merge.yml), got {raw!r}.")
+                                           f"(conf/base/parameters_merge.yml), got {raw!r}.")
     methods = {name: parse_method(name, entry, where) for name, entry in raw.items()}
     require(any(m.enabled for m in methods.values()),
             f"{where}: every method is switched off; enable at least one of {sorted(methods)}.")

@@ -138,7 +138,7 @@ def _pairs(wrappers: Iterable[ZipLoRALinear]) -> dict[int, tuple[torch.Tensor, t
     return {n: (torch.stack(a), torch.stack(b)) for n, (a, b) in groups.items()}
 
 
-def _overlap_terms(a: torch.Tensor, b: torch.Tensor, form: str) -> torch.Tensor:
+def overlap_terms(a: torch.Tensor, b: torch.Tensor, form: str) -> torch.Tensor:
     """Per-pair overlap of stacked merger vectors a, b (P, in) -> (P,).
 
     cosine: |cos(a, b)| — scale-free, 1 at the all-ones start (ZIPLORA.md: behaves as intended);
@@ -156,7 +156,7 @@ def _overlap_terms(a: torch.Tensor, b: torch.Tensor, form: str) -> torch.Tensor:
 
 def overlap_penalty(wrappers: Iterable[ZipLoRALinear], form: str = "cosine") -> torch.Tensor:
     """Σ_layers Σ_{i<j} overlap(m_i, m_j); layers adapted by one LoRA contribute nothing."""
-    terms = [_overlap_terms(a, b, form).sum() for a, b in _pairs(wrappers).values()]
+    terms = [overlap_terms(a, b, form).sum() for a, b in _pairs(wrappers).values()]
     return torch.stack(terms).sum() if terms else torch.zeros(())
 
 

@@ -38,10 +38,6 @@ NAMES = ("subject", "style")
 EXPORTED = ("ziplora", "direct_merge")  # the methods whose files the merge stage also saves on their own
 
 
-def _factors(subject_lora: LoraFile, style_lora: LoraFile, pipe) -> dict:
-    return checked_unet_factors(pipe, {"subject": subject_lora, "style": style_lora})
-
-
 def zip_merge(subject_lora: LoraFile, style_lora: LoraFile, subject_images: dict[str, Image.Image],
               subject_prompt: dict, style_images: dict[str, Image.Image], style_prompt: dict,
               merge_params: dict, base_params: dict) -> tuple[dict, dict, Figure]:
@@ -53,7 +49,7 @@ def zip_merge(subject_lora: LoraFile, style_lora: LoraFile, subject_images: dict
     """
     cfg = merge_stage(merge_params).config
     pipe = load_base_pipeline(from_dict(BaseModelConfig, base_params, "base_model"))
-    loras = _factors(subject_lora, style_lora, pipe)
+    loras = checked_unet_factors(pipe, {"subject": subject_lora, "style": style_lora})
     inputs = {"subject": encode_concept(pipe, [subject_images[k] for k in sorted(subject_images)], subject_prompt["prompt"]),
               "style": encode_concept(pipe, [style_images[k] for k in sorted(style_images)], style_prompt["prompt"])}
     # merge.step.*: each optimiser step's batch (one noise draw per concept); merge.pool.*: the whole
@@ -142,7 +138,7 @@ def analyse_merge(subject_lora: LoraFile, style_lora: LoraFile, mergers: dict[st
     """Column alignment, merger overlap before/after, sparsity and the paper's two premises per layer group
     (§3: sparsity and column alignment with its shuffled chance level, core/merging/premises.py)."""
     pipe = load_base_pipeline(from_dict(BaseModelConfig, base_params, "base_model"))
-    loras = _factors(subject_lora, style_lora, pipe)
+    loras = checked_unet_factors(pipe, {"subject": subject_lora, "style": style_lora})
     align = column_alignment(loras["subject"], loras["style"])
     after = merger_cosines(mergers, NAMES)
     # Each LoRA on held-out draws of its own concept (seed PREMISE_SEED, which no merge or evaluation draw uses).
