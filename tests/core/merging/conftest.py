@@ -13,8 +13,9 @@ from ziplora_pipeline.core.images import square_resize
 from ziplora_pipeline.core.lora.factors import unet_lora_factors
 from ziplora_pipeline.core.lora.training import LoraTrainingConfig, train_lora
 from ziplora_pipeline.core.merging.build import build_methods, trained_costs
+from ziplora_pipeline.core.merging.closed_form import record_concept_stats
 from ziplora_pipeline.core.merging.method import BuildContext, MethodAssets
-from ziplora_pipeline.core.merging.optimise import MergeConfig, ziplora_merge
+from ziplora_pipeline.core.merging.optimise import MergeConfig, default_scheduler, ziplora_merge
 from ziplora_pipeline.core.merging.registry import parse_methods
 
 SUBJECT_PROMPT, STYLE_PROMPT = "a photo of sks robot", "a house in zwx style"
@@ -24,6 +25,17 @@ SUBJECT_PROMPT, STYLE_PROMPT = "a photo of sks robot", "a house in zwx style"
 def style_images(sample_raw):
     return [square_resize(Image.open(p).convert("RGB"), RESOLUTION)
             for p in sorted((sample_raw / "styles" / "sketch").glob("*.png"))]
+
+
+def concept_stats(unet, factors, name, inputs, draws: int = 4):
+    """One concept's recorded layer inputs, as the merge stage's input_statistics node records them."""
+    from ziplora_pipeline.core.merging.ziplora_layer import attach_ziplora, detach_ziplora
+
+    wrappers = attach_ziplora(unet, {name: factors})
+    try:
+        return record_concept_stats(unet, wrappers, name, inputs, default_scheduler(), draws, (0, 1000), 4, 0)
+    finally:
+        detach_ziplora(unet, wrappers)
 
 
 @pytest.fixture(scope="session")
@@ -42,9 +54,12 @@ def trained(base_cfg, subject_images, style_images):
               "style": encode_concept(pipe, style_images, STYLE_PROMPT)}
     merge = ziplora_merge(pipe.unet, factors, inputs, MergeConfig(steps=20), training_scheduler(pipe), progress=False)
     sources = {**files, "joint": files["subject"]}  # joint training has its own tests: any LoRA stands in
+    statistics = {n: concept_stats(pipe.unet, factors[n], n, inputs[n]) for n in factors}
     ctx = BuildContext(sources, merge.mergers, {"ziplora": {"seconds": merge.seconds}, "joint": {"seconds": 1.0}},
-                       lambda: load_base_pipeline(base_cfg).unet, description="'a sks robot' and 'a zwx house'")
+                       lambda: load_base_pipeline(base_cfg).unet, description="'a sks robot' and 'a zwx house'",
+                       statistics=statistics)
     specs = parse_methods(default_methods())
     built, costs = build_methods(specs, ctx)
     return {"files": files, "factors": factors, "mergers": merge.mergers, "specs": specs, "ctx": ctx,
+            "inputs": inputs, "statistics": statistics,
             "assets": MethodAssets(built, sources), "costs": costs | trained_costs(specs, ctx)}

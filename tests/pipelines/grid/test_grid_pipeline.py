@@ -62,6 +62,20 @@ def test_one_namespace_per_concept_and_per_pair_sharing_the_concept_loras():
     assert f"grid.{key}.sheets" in pipe.outputs()
 
 
+def test_a_concepts_input_statistics_are_recorded_once_and_read_by_every_pair_it_is_in():
+    """The closed-form method's statistics depend on one concept alone: one node per concept, not per pair."""
+    pipe = build_grid_pipeline(grid())  # 2 subjects x 2 styles: 4 pairs, each concept in 2
+    recorders = sorted(n.name for n in pipe.nodes if n.name.endswith(".input_statistics"))
+    assert recorders == ["cup.input_statistics", "dots.input_statistics", "robot.input_statistics",
+                         "sketch.input_statistics"]
+    readers = {n.namespace: set(n.inputs) for n in pipe.nodes if n.name.endswith(".build_methods")}
+    assert len(readers) == 4
+    for pair, inputs in readers.items():
+        subject, style = pair.split("_x_")
+        assert {f"{subject}.input_statistics", f"{style}.input_statistics"} <= inputs
+    assert sum("robot.input_statistics" in inputs for inputs in readers.values()) == 2
+
+
 def test_pair_prompts_are_the_claims_groups_with_an_unseen_object_per_style():
     from ziplora_pipeline.core.evaluation.grid import pair_methods, pair_prompts
 

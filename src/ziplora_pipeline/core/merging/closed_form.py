@@ -18,16 +18,20 @@ minimiser is one symmetric 2n × 2n solve:
     (K_c / e_c + K_s / e_s + λ/2 J + ρ I) m = K_c e_1 / e_c + K_s e_2 / e_s + ρ 1,   J = [[0, I], [I, 0]]
 
 (e_1 = [1; 0], e_2 = [0; 1]; ρ ‖m − 1‖² a ridge that keeps the mergers of directions no input reaches at the
-all-ones start), exact where that system is positive definite and the solution keeps m_cᵀ m_s ≥ 0. The paper's
-term is |m_cᵀ m_s|: the mirror solve (−λ) and, between them, the kink m_cᵀ m_s = 0 found by bisection on the
-multiplier are the other candidates (``_dot_minimum``). For the overlap forms that are not quadratic
-(``cosine``, ``mean_product``), and where no piece is convex: L-BFGS on the same recorded quadratic plus the
-penalty from several starts (the reconstruction terms' own minimiser, the all-ones start, the dot form's
-minimiser), the lowest kept, still without a UNet pass. The closest published relative is RegMean (Jin et al., ICLR 2023),
-which merges linear layers in closed form from their input Gram matrices.
+all-ones start). The paper's term is |m_cᵀ m_s|, and at the paper's λ the system above is indefinite in nearly
+every layer (its smallest eigenvalue is below λ/2), so the minimum lies on the kink m_cᵀ m_s = 0. Both are solved
+exactly (``_Quadratic.dot_minimum``): one Cholesky factorisation and one 2n × 2n eigendecomposition per layer turn
+every solve of the family (P + ν/2 J) m = r into a scalar equation in ν, the kink's multiplier is its root, and the
+global minimum is the lowest of at most three candidates. For the overlap forms that are not quadratic
+(``cosine``, ``mean_product``): a few L-BFGS iterations on the same recorded statistics from two starts (the dot
+form's exact minimiser at the weight that matches the form's penalty, and the reconstruction terms' minimiser),
+still without a UNet pass. The closest
+published relative is RegMean (Jin et al., ICLR 2023), which merges linear layers in closed form from their
+input Gram matrices.
 
 Statistics come from ``draws`` forward passes of each concept's own model (mergers one-hot) on its own
-noisy latents, accumulated in fp64 per adapted layer by forward pre-hooks.
+noisy latents, accumulated in fp64 per distinct layer input by forward pre-hooks (``ConceptStats``); each layer is
+solved in fp64.
 """
 
 from __future__ import annotations
@@ -35,7 +39,11 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import time
+import weakref
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..lora.factors import LoraFactors
@@ -49,40 +57,96 @@ def layer_inputs(x: torch.Tensor, conv: bool) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]) if conv else x.reshape(-1, x.shape[-1])
 
 
-class InputStats:
-    """Σ x xᵀ (n, n) in fp64 and the row count, per adapted layer and concept, from forward pre-hooks."""
+@dataclass
+class ConceptStats:
+    """One concept's recorded layer inputs: Σ x xᵀ (n, n) in fp64 per *distinct* input, under its own model.
 
-    def __init__(self):
-        self.second_moments: dict[str, dict[str, torch.Tensor]] = {}
-        self.rows: dict[str, dict[str, int]] = {}
+    Layers that read the same tensor share one matrix (``group_of``): an attention block's to_q, to_k and to_v on
+    its hidden states, and every cross-attention to_k / to_v on the one prompt embedding (so SDXL stores one
+    2048 × 2048 matrix for all of them). A concept's statistics depend only on its LoRA and its draws, not on the
+    LoRA it is merged with: the grid records them once per concept.
+    """
+
+    moments: dict[str, torch.Tensor] = field(default_factory=dict)  # group -> Σ x xᵀ (n, n)
+    rows: dict[str, int] = field(default_factory=dict)  # group -> N, the rows summed
+    group_of: dict[str, str] = field(default_factory=dict)  # layer path -> the group it reads
+    seconds: float = 0.0  # the forward passes' wall time (the closed-form merge's cost)
+
+    def of(self, path: str) -> torch.Tensor | None:
+        group = self.group_of.get(path)
+        return None if group is None else self.moments.get(group)
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """A flat ``{name: tensor}`` (TensorDictDataset): ``moments.<i>``, ``rows.<i>``, ``group.<path>`` = i."""
+        index = {g: i for i, g in enumerate(self.moments)}
+        out = {f"moments.{i}": self.moments[g].contiguous() for g, i in index.items()}
+        out.update({f"rows.{i}": torch.tensor(self.rows[g]) for g, i in index.items()})
+        out.update({f"group.{p}": torch.tensor(index[g]) for p, g in self.group_of.items()})
+        out["seconds"] = torch.tensor(self.seconds, dtype=torch.float64)
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], where: str = "statistics") -> ConceptStats:
+        try:
+            groups = {int(k.split(".", 1)[1]) for k in tensors if k.startswith("moments.")}
+            moments = {str(i): tensors[f"moments.{i}"] for i in sorted(groups)}
+            rows = {str(i): int(tensors[f"rows.{i}"]) for i in sorted(groups)}
+            group_of = {k.split(".", 1)[1]: str(int(v)) for k, v in tensors.items() if k.startswith("group.")}
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"{where}: not a closed-form statistics file (missing or malformed entry {e}); "
+                             "delete it and rerun the node that records it.") from e
+        unknown = sorted(set(group_of.values()) - set(moments))
+        if unknown:
+            raise ValueError(f"{where}: layers point at statistics {unknown} the file does not hold; rerun its node.")
+        return cls(moments, rows, group_of, float(tensors.get("seconds", torch.tensor(0.0))))
+
+
+class _Recorder:
+    """Forward pre-hooks that add each adapted layer's input rows to its group's Σ x xᵀ (fp64, on the device).
+
+    A layer whose input *is* (the same tensor object as) an input already recorded joins that input's group
+    instead of adding it again. Inputs are remembered by weak reference, so nothing is kept alive and a reused
+    ``id`` of a freed tensor cannot be mistaken for it."""
+
+    def __init__(self, stats: ConceptStats):
+        self.stats, self.recording = stats, False
+        self._seen: dict[int, tuple[weakref.ref, str]] = {}
         self._handles: list = []
-        self.concept: str | None = None
 
     def attach(self, modules: dict[str, torch.nn.Module]) -> None:
-        """Hook every ``{path: layer}``; inputs are recorded under ``self.concept`` while it is set."""
         for path, module in modules.items():
             conv = isinstance(getattr(module, "base", module), torch.nn.Conv2d)
+            self._handles.append(module.register_forward_pre_hook(functools.partial(self._hook, path, conv)))
 
-            def hook(mod, args, path=path, conv=conv):
-                if self.concept is None:
-                    return
-                rows = layer_inputs(args[0].detach(), conv).double()
-                moments = self.second_moments.setdefault(path, {})
-                moments[self.concept] = moments.get(self.concept, 0) + rows.T @ rows
-                counts = self.rows.setdefault(path, {})
-                counts[self.concept] = counts.get(self.concept, 0) + rows.shape[0]
-
-            self._handles.append(module.register_forward_pre_hook(hook))
+    def _hook(self, path: str, conv: bool, module, args) -> None:
+        if not self.recording:
+            return
+        x = args[0]
+        seen = self._seen.get(id(x))
+        if seen is not None and seen[0]() is x:
+            self.stats.group_of.setdefault(path, seen[1])
+            return
+        group = self.stats.group_of.setdefault(path, path)
+        # fp64: accumulated in fp32 the matrices' rounding (~1e-7 of their largest eigenvalue) exceeds the default
+        # ridge and left systems of the miniature merge indefinite (measured; e.g. up_blocks.0...attn2.to_out.0)
+        rows = layer_inputs(x.detach(), conv).double()
+        m = self.stats.moments
+        m[group] = m[group].addmm_(rows.T, rows) if group in m else rows.T @ rows
+        self.stats.rows[group] = self.stats.rows.get(group, 0) + rows.shape[0]
+        if len(self._seen) > 1024:  # drop the entries of freed tensors
+            self._seen = {k: v for k, v in self._seen.items() if v[0]() is not None}
+        self._seen[id(x)] = (weakref.ref(x), group)
 
     def detach(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        self._seen.clear()
 
 
-def _delta_gram(fa: LoraFactors, fb: LoraFactors) -> torch.Tensor:
+def _delta_gram(fa: LoraFactors, fb: LoraFactors, device=None) -> torch.Tensor:
     """G_ab = ΔW_aᵀ ΔW_b (n, n) from the factors: A_aᵀ (s_a s_b B_aᵀ B_b) A_b, never forming ΔW."""
-    Aa, Ba, Ab, Bb = (t.double() for t in (fa.A, fa.B, fb.A, fb.B))
+    Aa, Ba, Ab, Bb = (t.to(device, torch.float64) for t in (fa.A, fa.B, fb.A, fb.B))
     return Aa.T @ ((fa.scale * fb.scale) * (Ba.T @ Bb)) @ Ab
 
 
@@ -92,7 +156,7 @@ def _overlap(mc: torch.Tensor, ms: torch.Tensor, form: str) -> torch.Tensor:
 
 
 def solve_layer(factors: dict[str, LoraFactors], moments: dict[str, torch.Tensor], lambda_overlap: float,
-                overlap: str = "dot", normalize: bool = True, ridge: float = 1e-6, refine_steps: int = 50,
+                overlap: str = "dot", normalize: bool = True, ridge: float = 1e-6, refine_steps: int = 20,
                 where: str = "layer") -> dict[str, torch.Tensor]:
     """{"subject" | "style": m (n,)} minimising the layer's Eq. 3 (module docstring) for two adapters.
 
@@ -100,6 +164,7 @@ def solve_layer(factors: dict[str, LoraFactors], moments: dict[str, torch.Tensor
         factors: {"subject": f_c, "style": f_s} of this layer; a layer one LoRA alone adapts keeps m = 1.
         moments: {"subject": C_c, "style": C_s} (n, n), its inputs' Σ x xᵀ under each concept's model.
         ridge: ρ relative to the mean diagonal of the system (a singular C is named in a warning).
+        refine_steps: L-BFGS iterations on the recorded statistics for the overlap forms that are not quadratic.
     """
     names = list(factors)
     if len(names) == 1:
@@ -111,130 +176,161 @@ def solve_layer(factors: dict[str, LoraFactors], moments: dict[str, torch.Tensor
     if missing:
         raise ValueError(f"{where}: no recorded inputs under {missing}: the layer was never reached by the "
                          "concepts' forward passes, so its mergers have no statistics to be solved from.")
-    G = {(a, b): _delta_gram(factors[a], factors[b]) for a in names for b in names}
+    device = moments[c].device  # solved where the statistics are (a GPU's fp64 is fast enough for 2n × 2n)
+    G = {(a, b): _delta_gram(factors[a], factors[b], device) for a in names for b in names}
     n = G[(c, c)].shape[0]
-    system = torch.zeros(2 * n, 2 * n, dtype=torch.float64)
-    rhs = torch.zeros(2 * n, dtype=torch.float64)
+    system = torch.zeros(2 * n, 2 * n, dtype=torch.float64, device=device)
+    rhs = torch.zeros(2 * n, dtype=torch.float64, device=device)
     blocks = {c: slice(0, n), s: slice(n, 2 * n)}
-    quadratics = []
+    constant = 0.0
     for concept in names:
-        C = moments[concept].double()
-        K = torch.zeros(2 * n, 2 * n, dtype=torch.float64)
+        C = moments[concept].to(device, torch.float64)
+        own_effect = float(G[(concept, concept)].mul(C).sum())  # e_i = Σ_x ‖ΔW_i x‖² = t_iᵀ K_i t_i
+        if not math.isfinite(own_effect) or own_effect <= 0:
+            raise ValueError(f"{where}: the {concept} LoRA has no effect on its recorded inputs (Σ‖ΔW x‖² = "
+                             f"{own_effect}); the statistics or the LoRA are degenerate.")
+        effect = own_effect if normalize else 1.0
         for a in names:
             for b in names:
-                K[blocks[a], blocks[b]] = G[(a, b)] * C
-        effect = float(G[(concept, concept)].mul(C).sum()) if normalize else 1.0  # Σ_x ‖ΔW_i x‖²
-        if not math.isfinite(effect) or effect <= 0:
-            raise ValueError(f"{where}: the {concept} LoRA has no effect on its recorded inputs (Σ‖ΔW x‖² = "
-                             f"{effect}); the statistics or the LoRA are degenerate.")
-        target = torch.zeros(2 * n, dtype=torch.float64)
-        target[blocks[concept]] = 1.0  # (D ⊕ L_i): its own merger 1, the other's 0
-        system += K / effect
-        rhs += K @ target / effect
-        quadratics.append((K / effect, target))
+                system[blocks[a], blocks[b]] += G[(a, b)] * C / effect
+            # K_i t_i, t_i the concept's own one-hot target (its merger 1, the other's 0): K's row sums over its block
+            rhs[blocks[a]] += (G[(a, concept)] * C).sum(dim=1) / effect
+        constant += own_effect / effect
     scale = float(system.diagonal().mean()) or 1.0
-    eigenvalues = torch.linalg.eigvalsh(system)  # ascending; the system is symmetric positive semi-definite
-    tolerance = float(eigenvalues.abs().max()) * 2 * n * torch.finfo(torch.float64).eps  # matrix_rank's default
-    rank = int((eigenvalues.abs() > tolerance).sum())
-    if rank < 2 * n:
-        logger.warning("%s: singular input statistics (rank %d of %d); the ridge (%.1e × mean diagonal) keeps the "
-                       "mergers of the directions without data at 1", where, rank, 2 * n, ridge)
+    if not torch.isfinite(system).all():
+        raise ValueError(f"{where}: the closed-form system has non-finite entries (statistics with NaN/inf?).")
     # the ridge ρ ‖m − 1‖² pulls directions the statistics do not see back to the all-ones start (the direct merge)
-    eye, ones = torch.eye(2 * n, dtype=torch.float64), torch.ones(2 * n, dtype=torch.float64)
     rho = ridge * scale
-    m0 = torch.linalg.solve(system + rho * eye, rhs + rho * ones)  # the reconstruction terms alone: convex
-    if not torch.isfinite(m0).all():
+    quad = _Quadratic(system, rhs, constant, rho, blocks[c], blocks[s], where)
+    if quad.singular:
+        logger.warning("%s: singular input statistics; the ridge (%.1e × mean diagonal) keeps the mergers of the "
+                       "directions without data at 1", where, ridge)
+    if lambda_overlap <= 0:
+        m = quad.at(0.0)
+    elif overlap == "dot":
+        m = quad.dot_minimum(lambda_overlap)
+    else:  # not quadratic: L-BFGS on the statistics from the dot form's exact minimiser at the equivalent weight
+        # (often on the kink, where the |·| stops a line search) and from the reconstruction minimiser; the lower kept
+        starts = [quad.dot_minimum(quad.equivalent_dot_weight(lambda_overlap, overlap)), quad.at(0.0)]
+        m = min((quad.refine(x, lambda_overlap, overlap, refine_steps) for x in starts),
+                key=lambda x: float(quad.objective(x, lambda_overlap, overlap)))
+    if not torch.isfinite(m).all():
         raise ValueError(f"{where}: the closed-form solve gave non-finite mergers (statistics with NaN/inf?).")
-    m = m0
-    if lambda_overlap > 0 and overlap == "dot":
-        m = _dot_minimum(system, rhs + rho * ones, rho, float(eigenvalues[0]), quadratics, lambda_overlap,
-                         blocks[c], blocks[s])
-        if m is None:  # no positive-definite piece: not convex here; L-BFGS on the statistics
-            m = _refine(m0, quadratics, lambda_overlap, overlap, rho, blocks[c], blocks[s], refine_steps)
-    elif lambda_overlap > 0:  # not quadratic (and not convex): local searches from three starts, the best kept
-        dot = _dot_minimum(system, rhs + rho * ones, rho, float(eigenvalues[0]), quadratics, lambda_overlap,
-                           blocks[c], blocks[s])
-        starts = [ones] + ([dot] if dot is not None else [m0])
-        m = min((_refine(x, quadratics, lambda_overlap, overlap, rho, blocks[c], blocks[s], refine_steps)
-                 for x in starts),
-                key=lambda x: float(_objective(x, quadratics, lambda_overlap, overlap, rho, blocks[c], blocks[s])))
-    return {c: m[blocks[c]].float(), s: m[blocks[s]].float()}
+    return {c: m[blocks[c]].float().cpu(), s: m[blocks[s]].float().cpu()}
 
 
-def _objective(m, quadratics, lam, form, rho, bc, bs) -> torch.Tensor:
-    return (sum((m - t) @ K @ (m - t) for K, t in quadratics) + lam * _overlap(m[bc], m[bs], form)
-            + rho * (m - 1).pow(2).sum())
+class _Quadratic:
+    """One layer's reconstruction terms plus the ridge, Q(m) = mᵀ P m − 2 rᵀ m + const (P = S + ρ I, r = rhs + ρ 1),
+    and the family of dot-form solves m(ν) = (P + ν/2 J)⁻¹ r in one eigenbasis.
 
-
-def _dot_minimum(system, rhs, rho, lowest, quadratics, lam, bc, bs, bisections: int = 30) -> torch.Tensor | None:
-    """The minimiser of the quadratic + λ |m_cᵀ m_s| (+ ρ ‖m − 1‖²), exactly, where each piece is convex.
-
-    KKT: ∇Q + ν J m = 0 with ν = λ sign(d) off the kink d = m_cᵀ m_s = 0, ν ∈ [−λ, λ] on it. So the candidates
-    are the solutions m(ν) = (S + ν/2 J + ρ I)⁻¹ r at ν = +λ (valid if d ≥ 0) and ν = −λ (valid if d ≤ 0), and
-    on the kink the ν where d(m(ν)) = 0 (bisection over the ν that keep the system positive definite, where
-    m(ν) minimises Q + ν d); the lowest objective among them. None if there is no candidate (the multiplier the
-    kink needs makes the system indefinite: the problem is not convex there). ``lowest``: λ_min(S).
+    With P = L Lᵀ (Cholesky) and L⁻¹ J L⁻ᵀ = V diag(μ) Vᵀ (one 2n × 2n eigendecomposition), P + ν/2 J =
+    L V diag(1 + ν μ / 2) Vᵀ Lᵀ: every m(ν) is L⁻ᵀ V z(ν) with z_i = w_i / (1 + ν μ_i / 2), w = Vᵀ L⁻¹ r, and
+    d = m_cᵀ m_s = ½ mᵀ J m = ½ Σ_i μ_i z_i², Q = ‖z‖² − 2 wᵀ z + const: a scalar (secular) equation in ν per
+    layer after one O(n³) factorisation. J is congruent to L⁻¹ J L⁻ᵀ (Sylvester), so μ has n positive and n
+    negative entries and P + ν/2 J is positive definite exactly on ν ∈ (−2/μ_max, −2/μ_min).
     """
-    n2 = system.shape[0]
-    n = n2 // 2
-    eye = torch.eye(n2, dtype=torch.float64)
-    J = torch.zeros(n2, n2, dtype=torch.float64)
-    J[bc, bs] = eye[:n, :n]
-    J[bs, bc] = eye[:n, :n]
 
-    @functools.lru_cache(maxsize=None)  # ±λ are asked for by the pieces and by the kink's bracket
-    def at(nu):
-        lhs = system + (nu / 2) * J + rho * eye
-        if torch.linalg.cholesky_ex(lhs).info != 0:
-            return None, None
-        m = torch.linalg.solve(lhs, rhs)
-        return m, float(m[bc] @ m[bs])
+    def __init__(self, system, rhs, constant, rho, bc, bs, where):
+        n2 = system.shape[0]
+        self.bc, self.bs, self.where, self.rho = bc, bs, where, rho
+        self.P = system + rho * torch.eye(n2, dtype=torch.float64, device=system.device)
+        self.r = rhs + rho
+        self.constant = constant + rho * n2  # Σ_i t_iᵀ K_i t_i / e_i + ρ ‖1‖²
+        bare = torch.linalg.cholesky_ex(system)  # is S itself (without the ridge) numerically positive definite?
+        pivots = bare.L.diagonal().abs()
+        self.singular = bool(bare.info != 0 or pivots.min() ** 2 < pivots.max() ** 2 * n2 * torch.finfo(
+            torch.float64).eps)
+        self.L, info = torch.linalg.cholesky_ex(self.P)
+        if info != 0:
+            raise ValueError(f"{where}: the closed-form system is not positive definite even with the ridge "
+                             f"(ρ = {rho:.3g}); raise merge.closed_form_ridge.")
+        J = torch.zeros(n2, n2, dtype=torch.float64, device=system.device)
+        n = n2 // 2
+        J[bc, bs] = torch.eye(n, dtype=torch.float64, device=system.device)
+        J[bs, bc] = torch.eye(n, dtype=torch.float64, device=system.device)
+        Linv_J = torch.linalg.solve_triangular(self.L, J, upper=False)  # L⁻¹ J
+        M = torch.linalg.solve_triangular(self.L, Linv_J.T, upper=False)  # L⁻¹ (L⁻¹ J)ᵀ = L⁻¹ J L⁻ᵀ
+        self.mu, self.V = torch.linalg.eigh((M + M.T) / 2)
+        self.w = self.V.T @ torch.linalg.solve_triangular(self.L, self.r[:, None], upper=False)[:, 0]
+        self._mu, self._w = self.mu.cpu().numpy(), self.w.cpu().numpy()
+        mu_min, mu_max = float(self.mu[0]), float(self.mu[-1])
+        self.interval = (-2 / mu_max, -2 / mu_min)  # where P + ν/2 J is positive definite
 
-    # S + ν/2 J + ρ I is positive definite iff |ν| / 2 < λ_min(S + ρ I) (J's eigenvalues are ±1)
-    limit = 2 * (lowest + rho) * (1 - 1e-9)
-    candidates = []
-    if lam < limit:
-        (mp, dp), (mn, dn) = at(lam), at(-lam)
-        if dp >= 0:
-            candidates.append(mp)
-        if dn <= 0:
-            candidates.append(mn)
-    edge = min(lam, limit)
-    if edge > 0:  # the kink d = 0: d(ν) decreases in ν over the positive-definite range; bisect for its root
-        (_, d_lo), (_, d_hi) = at(-edge), at(edge)
-        if d_lo is not None and d_hi is not None and d_hi <= 0 <= d_lo:
-            lo, hi = -edge, edge
-            for _ in range(bisections):
-                mid = (lo + hi) / 2
-                lo, hi = (mid, hi) if at(mid)[1] > 0 else (lo, mid)
-            candidates.append(at((lo + hi) / 2)[0])
-    if lam >= limit:  # a piece is not convex: local searches from the candidates, the reconstruction minimiser, ones
-        best = min(candidates, key=lambda m: float(_objective(m, quadratics, lam, "dot", rho, bc, bs)), default=None)
-        starts = ([best] if best is not None else []) + [torch.ones(n2, dtype=torch.float64)]
-        candidates += [_refine(m, quadratics, lam, "dot", rho, bc, bs) for m in starts]
-    if not candidates:
-        return None
-    return min(candidates, key=lambda m: float(_objective(m, quadratics, lam, "dot", rho, bc, bs)))
+    def z(self, nu: float) -> torch.Tensor:
+        return self.w / (1 + nu * self.mu / 2)
 
+    def d(self, nu: float) -> float:
+        # the scalar secular function, evaluated ~50 times per layer by the bisection: numpy on the CPU copies
+        # (a few µs per call for 2n = 4096; torch's per-op overhead dominated the toy model's solve)
+        z = self._w / (1 + nu * self._mu / 2)
+        return float(0.5 * np.dot(self._mu, z * z))
 
-def _refine(m0: torch.Tensor, quadratics: list, lam: float, form: str, ridge: float, bc: slice, bs: slice,
-            steps: int = 50) -> torch.Tensor:
-    """L-BFGS on Σ_i (m − t_i)ᵀ K_i (m − t_i) + λ overlap(m_c, m_s) + ρ ‖m − 1‖², from ``m0`` (the reconstruction
-    terms' minimiser): the overlap forms that are not quadratic, and the dot form where its one solve is not a
-    minimum. No UNet pass: the recorded statistics are the whole objective."""
-    m = m0.clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([m], max_iter=steps, line_search_fn="strong_wolfe", tolerance_grad=1e-12,
-                            tolerance_change=1e-14)
+    def m_of_z(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.solve_triangular(self.L.T, (self.V @ z)[:, None], upper=True)[:, 0]  # L⁻ᵀ V z
 
-    def closure():
-        opt.zero_grad()
-        loss = _objective(m, quadratics, lam, form, ridge, bc, bs)
-        loss.backward()
-        return loss
+    def at(self, nu: float) -> torch.Tensor:
+        return self.m_of_z(self.z(nu))
 
-    for _ in range(2):  # one L-BFGS restart: its history goes stale near the overlap term's kinks
+    def objective(self, m: torch.Tensor, lam: float, form: str) -> torch.Tensor:
+        """Σ_i (m − t_i)ᵀ K_i (m − t_i) / e_i + ρ ‖m − 1‖² + λ overlap(m_c, m_s)."""
+        return m @ self.P @ m - 2 * self.r @ m + self.constant + lam * _overlap(m[self.bc], m[self.bs], form)
+
+    def dot_minimum(self, lam: float, iterations: int = 100) -> torch.Tensor:
+        """The global minimiser of Q + λ |m_cᵀ m_s|, exactly.
+
+        The objective is Q + λ d on d ≥ 0 and Q − λ d on d ≤ 0. A piece whose Hessian P ± λ/2 J is positive
+        definite may have its minimum inside, at m(±λ) (valid where the sign of d(±λ) agrees); a piece whose
+        Hessian is indefinite has none inside (an indefinite quadratic has no local minimum in an open set), so
+        its minimum lies on the kink d = 0. The minimum of Q on d = 0 is a quadratic problem with one quadratic
+        equality constraint, for which the S-lemma gives strong duality: m(ν*) with ν* the root of d(ν) on the
+        positive-definite interval (d is strictly decreasing there, from +∞ to −∞ unless the data miss an end's
+        eigenvector). The lowest objective among these candidates is the global minimum.
+        """
+        lo, hi = self.interval
+        candidates = []
+        if lam < hi and self.d(lam) >= 0:
+            candidates.append(self.at(lam))
+        if -lam > lo and self.d(-lam) <= 0:
+            candidates.append(self.at(-lam))
+        # the kink: bisection for d(ν) = 0 inside (lo, hi), in the bracket's relative width
+        a, b = lo + (hi - lo) * 1e-12, hi - (hi - lo) * 1e-12
+        if self.d(a) > 0 > self.d(b):
+            for _ in range(iterations):
+                mid = (a + b) / 2
+                a, b = (mid, b) if self.d(mid) > 0 else (a, mid)
+                if b - a <= 1e-15 * max(abs(a), abs(b), 1e-300):
+                    break
+            candidates.append(self.at((a + b) / 2))
+        else:  # the "hard case" of trust-region theory (d stays finite at an end): a local search instead
+            logger.debug("%s: no root of the kink's secular equation; local search on the statistics", self.where)
+            start = min(candidates, key=lambda m: float(self.objective(m, lam, "dot")), default=self.at(0.0))
+            candidates.append(self.refine(start, lam, "dot", 50))
+        return min(candidates, key=lambda m: float(self.objective(m, lam, "dot")))
+
+    def equivalent_dot_weight(self, lam: float, form: str) -> float:
+        """The dot form's weight whose penalty matches ``form``'s at the reconstruction minimiser: cosine divides
+        |m_cᵀ m_s| by ‖m_c‖ ‖m_s‖, mean_product (Σ_j |m_cj m_sj| / n) by n."""
+        if form == "mean_product":
+            return lam / (self.P.shape[0] // 2)
+        m = self.at(0.0)
+        return lam / max(float(m[self.bc].norm() * m[self.bs].norm()), 1e-12)
+
+    def refine(self, m0: torch.Tensor, lam: float, form: str, steps: int) -> torch.Tensor:
+        """L-BFGS on the recorded quadratic plus the penalty from ``m0``; ``m0`` kept if it is not improved. No UNet
+        pass: the recorded statistics are the whole objective."""
+        m = m0.clone().requires_grad_(True)
+        opt = torch.optim.LBFGS([m], max_iter=steps, line_search_fn="strong_wolfe", tolerance_grad=1e-12,
+                                tolerance_change=1e-14)
+
+        def closure():
+            opt.zero_grad()
+            loss = self.objective(m, lam, form)
+            loss.backward()
+            return loss
+
         opt.step(closure)
-    return m.detach()
+        m = m.detach()
+        return m if float(self.objective(m, lam, form)) < float(self.objective(m0, lam, form)) else m0
 
 
 def layer_objective(m: dict[str, torch.Tensor], factors: dict[str, LoraFactors], inputs: dict[str, torch.Tensor],
@@ -254,38 +350,66 @@ def layer_objective(m: dict[str, torch.Tensor], factors: dict[str, LoraFactors],
 
 
 @torch.no_grad()
-def record_input_stats(unet, wrappers: dict, names: list[str], inputs: dict, scheduler, draws: int,
-                       timestep_range: tuple[int, int], batch_size: int, generator: torch.Generator) -> InputStats:
-    """Σ x xᵀ of every adapted layer's input under each concept's own model (its merger 1, the others' 0), on
-    ``draws`` (image, noise, t) draws of that concept: forward passes only."""
+def record_concept_stats(unet, wrappers: dict, name: str, inputs, scheduler, draws: int,
+                         timestep_range: tuple[int, int], batch_size: int, seed: int) -> ConceptStats:
+    """Σ x xᵀ of every adapted layer's input under the concept's own model (its merger 1, any other LoRA's 0) on
+    ``draws`` (image, noise, t) draws of the concept from its own generator (``seed``): forward passes only, so the
+    result depends on the concept alone and a grid can reuse it for every pair it is in."""
     from ..diffusion.sdxl import noisy_batch, predict_in_chunks
     from .ziplora_layer import set_mergers
 
-    stats = InputStats()
-    stats.attach(wrappers)
+    t0 = time.perf_counter()
+    generator = torch.Generator().manual_seed(seed)
+    stats = ConceptStats()
+    recorder = _Recorder(stats)
+    recorder.attach(wrappers)
     try:
-        for name in names:
-            x = inputs[name]
-            idx = torch.randint(0, x.latent_mean.shape[0], (draws,), generator=generator)
-            noisy, _, t = noisy_batch(scheduler, x.sample_latents(idx, generator), generator, timestep_range)
-            stats.concept = name
-            with set_mergers(wrappers, {name: 1.0}):
-                predict_in_chunks(unet, noisy, t, x, batch_size)
-            stats.concept = None
+        idx = torch.randint(0, inputs.latent_mean.shape[0], (draws,), generator=generator)
+        noisy, _, t = noisy_batch(scheduler, inputs.sample_latents(idx, generator), generator, timestep_range)
+        recorder.recording = True
+        with set_mergers(wrappers, {name: 1.0}):
+            predict_in_chunks(unet, noisy, t, inputs, batch_size)
     finally:
-        stats.detach()
+        recorder.detach()
+    stats.seconds = time.perf_counter() - t0
     return stats
 
 
 @torch.no_grad()
-def solve_mergers(wrappers: dict, loras: dict[str, dict[str, LoraFactors]], stats: InputStats, lambda_overlap: float,
-                  overlap: str, normalize: bool, ridge: float) -> None:
-    """Solve every layer (``solve_layer``) and write its mergers into the wrappers, layer by layer (each layer's
-    statistics are released once solved: the peak is one layer's 2n × 2n system beside the statistics)."""
+def solve_all(loras: dict[str, dict[str, LoraFactors]], stats: dict[str, ConceptStats], lambda_overlap: float,
+              overlap: str = "dot", normalize: bool = True, ridge: float = 1e-6) -> dict[str, torch.Tensor]:
+    """Every adapted layer solved (``solve_layer``): the merger file's ``{"<path>.<name>": m (in,)}`` (the layers
+    one LoRA alone adapts keep m = 1). Each concept's matrix is released once the last layer reading it is solved,
+    so the peak is the statistics plus one layer's 2n × 2n system in fp64; ``stats`` is emptied."""
+    paths = list(dict.fromkeys(p for f in loras.values() for p in f))
+    names_at = {p: [n for n in loras if p in loras[n]] for p in paths}
+    users: dict[tuple[str, str], int] = {}
+    for path in paths:
+        for n in names_at[path]:
+            if n in stats and path in stats[n].group_of:
+                key = (n, stats[n].group_of[path])
+                users[key] = users.get(key, 0) + 1
+    mergers = {}
+    for path in paths:
+        factors = {n: loras[n][path] for n in names_at[path]}
+        moments = {n: stats[n].of(path) for n in factors if n in stats and stats[n].of(path) is not None}
+        solved = solve_layer(factors, moments, lambda_overlap, overlap, normalize, ridge, where=path)
+        mergers.update({f"{path}.{n}": m for n, m in solved.items()})
+        for n in moments:
+            key = (n, stats[n].group_of[path])
+            users[key] -= 1
+            if users[key] == 0:
+                stats[n].moments.pop(key[1], None)
+    return mergers
+
+
+@torch.no_grad()
+def solve_mergers(wrappers: dict, loras: dict[str, dict[str, LoraFactors]], stats: dict[str, ConceptStats],
+                  lambda_overlap: float, overlap: str, normalize: bool, ridge: float) -> None:
+    """``solve_all`` written into the wrappers' mergers."""
+    mergers = solve_all({n: {p: f for p, f in loras[n].items() if p in wrappers} for n in loras}, stats,
+                        lambda_overlap, overlap, normalize, ridge)
     for path, w in wrappers.items():
-        factors = {n: loras[n][path] for n in w.names}
-        solved = solve_layer(factors, stats.second_moments.get(path, {}), lambda_overlap, overlap, normalize, ridge,
-                             where=path)
-        for n, m in solved.items():
-            w.mergers[n].copy_(m.to(w.mergers[n].device, w.mergers[n].dtype))
-        stats.second_moments.pop(path, None)
+        for n in w.names:
+            m = w.mergers[n]
+            m.copy_(mergers[f"{path}.{n}"].to(m.device, m.dtype))

@@ -77,6 +77,8 @@ class BuildContext:
         device: where costs are measured.
         unet_config: the UNet's config, to parse kohya files with SGM block names (``unet_lora_factors``).
         description: who is merged ("'a sks robot' and 'a house in zwx style'"), for the files' headers.
+        statistics: {"subject" | "style": ConceptStats}, each concept's recorded layer inputs (closed_form.py), for
+            the methods solved from them (``ziplora_closed_form``); None where the run did not record them.
     """
 
     sources: dict[str, LoraFile]
@@ -87,6 +89,7 @@ class BuildContext:
     unet_config: Any = None
     description: str = ""
     cache: dict = field(default_factory=dict)  # shared between methods of one build (e.g. peft's adapters)
+    statistics: dict | None = None
 
     def source(self, name: str, method: str) -> LoraFile:
         if name not in self.sources:

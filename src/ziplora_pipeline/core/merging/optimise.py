@@ -56,7 +56,8 @@ class MergeConfig:
     # gradient: Eq. 3 by Adam through the UNet (the paper); closed_form (ours): each layer's mergers solved from
     # its inputs' second moments over closed_form_draws forward passes per concept (closed_form.py)
     solver: str = "gradient"
-    closed_form_draws: int = 16
+    closed_form_draws: int = 16  # the statistics' draws per concept (also the ziplora_closed_form method's)
+    closed_form_batch_size: int = 16  # draws per statistics forward (no backward: batches cost little memory)
     closed_form_ridge: float = 1e-6  # ρ, relative to the mean diagonal of each layer's system
 
     def __post_init__(self):
@@ -72,8 +73,8 @@ class MergeConfig:
         require(self.mixed_precision in ("no", "fp16", "bf16"), "merge.mixed_precision must be no, fp16 or bf16.")
         require(self.solver in ("gradient", "closed_form"), f"merge.solver must be gradient or closed_form, got "
                                                             f"{self.solver!r}.")
-        require(self.closed_form_draws > 0 and self.closed_form_ridge >= 0,
-                "merge.closed_form_draws must be > 0 and merge.closed_form_ridge >= 0.")
+        require(self.closed_form_draws > 0 and self.closed_form_batch_size > 0 and self.closed_form_ridge >= 0,
+                "merge.closed_form_draws and merge.closed_form_batch_size must be > 0, merge.closed_form_ridge >= 0.")
 
     @property
     def objective(self) -> Objective:
@@ -282,7 +283,7 @@ def _optimise(unet, wrappers, names, inputs, cfg, scheduler, on_step, progress) 
 def _closed_form(unet, wrappers, names, loras, inputs, cfg, scheduler) -> MergeResult:
     """``merge.solver: closed_form`` (ours, closed_form.py): statistics from forward passes, one solve per layer; the
     same held-out figures as the optimiser's (draws from another seed), before (mergers all ones) and after."""
-    from .closed_form import record_input_stats, solve_mergers
+    from .closed_form import record_concept_stats, solve_mergers
 
     torch.manual_seed(cfg.seed)
     heldout_gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)
@@ -290,8 +291,8 @@ def _closed_form(unet, wrappers, names, loras, inputs, cfg, scheduler) -> MergeR
                for n in names]
     initial = pool_terms(unet, wrappers, heldout, names, cfg)
     t0 = time.perf_counter()
-    stats = record_input_stats(unet, wrappers, names, inputs, scheduler, cfg.closed_form_draws, cfg.timestep_range,
-                               cfg.batch_size, torch.Generator().manual_seed(cfg.seed))
+    stats = {n: record_concept_stats(unet, wrappers, n, inputs[n], scheduler, cfg.closed_form_draws,
+                                     cfg.timestep_range, cfg.closed_form_batch_size, cfg.seed) for n in names}
     solve_mergers(wrappers, loras, stats, cfg.lambda_overlap, cfg.overlap, cfg.normalize_recon, cfg.closed_form_ridge)
     seconds = time.perf_counter() - t0
     final = pool_terms(unet, wrappers, heldout, names, cfg)

@@ -18,6 +18,7 @@ KINDS: dict[str, str] = {
     "lora": "single_lora:SingleLora",
     "direct_merge": "direct_merge:DirectMerge",
     "ziplora": "ziplora:ZipLora",
+    "ziplora_closed_form": "ziplora_closed_form:ZipLoraClosedForm",
     "k_lora": "k_lora:KLoraMethod",
     "peft": "peft_merges:PeftMerge",
     "np_lora": "np_lora:NpLora",

@@ -28,7 +28,7 @@ from ...core.merging.method import MethodAssets
 from ...core.merging.registry import parse_methods
 from ...templates.lora_nodes import train_lora_node
 from ..data_prep.nodes import prepare_concept
-from ..merge.nodes import build_context
+from ..merge.nodes import build_context, statistics_pair
 
 logger = logging.getLogger(__name__)
 
@@ -64,11 +64,13 @@ def _pair_methods(cfg: GridConfig, methods_params: dict) -> dict:
 
 def build_pair_methods(subject_lora: LoraFile, style_lora: LoraFile, mergers: dict, merge_log: dict,
                        subject_prompt: dict, style_prompt: dict, grid_params: dict, methods_params: dict,
-                       base_params: dict) -> tuple[dict[str, LoraFile], dict]:
+                       base_params: dict, subject_statistics: dict | None = None,
+                       style_statistics: dict | None = None) -> tuple[dict[str, LoraFile], dict]:
     """One pair's methods (``pair_method_entries``: ``grid.methods``, the two references, ZipLoRA at the weaker
-    style strengths), built by the merge stage's registry: ({method: LoraFile}, {method: cost})."""
+    style strengths), built by the merge stage's registry: ({method: LoraFile}, {method: cost}). The concepts'
+    ``input_statistics`` are their namespaces' (recorded once per concept)."""
     ctx = build_context(subject_lora, style_lora, mergers, {"ziplora": merge_log}, subject_prompt, style_prompt,
-                        base_params)
+                        base_params, statistics_pair(subject_statistics, style_statistics))
     return build_methods(_pair_methods(_grid(grid_params), methods_params), ctx)
 
 

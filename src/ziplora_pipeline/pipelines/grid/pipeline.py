@@ -3,7 +3,8 @@ and judged (one namespace per pair), then the grid figure and table (namespace `
 
 Built from the parameters (``grid.subjects``, ``grid.styles``, ``grid.pairs``) when the pipelines are
 registered: ``grid_config.current_grid_config`` reads them with the run's ``--env`` and ``--params``.
-Per concept ``<c>``: ``<c>.prepare`` -> ``<c>.images`` / ``<c>.prompt``, ``<c>.train_lora`` -> ``<c>.lora_weights``.
+Per concept ``<c>``: ``<c>.prepare`` -> ``<c>.images`` / ``<c>.prompt``, ``<c>.train_lora`` -> ``<c>.lora_weights``,
+``<c>.input_statistics`` (its recorded layer inputs, read by every pair it is in).
 Per pair ``<s>_x_<t>``: the merge stage's ``zip_merge`` node on the two concept LoRAs, the pair's methods built
 through the registry (``grid.methods``, the references, the strength variants), the merge stage's ``export_merges``,
 then ``generate`` and ``judge``. Datasets come from the catalog's factories (``"{concept}.lora_weights"``...).
@@ -17,7 +18,7 @@ from functools import partial, update_wrapper
 from kedro.pipeline import Node, Pipeline
 
 from ...core.evaluation.grid import GridConfig, pair_name
-from ..merge.nodes import export_merges, zip_merge
+from ..merge.nodes import export_merges, input_statistics, zip_merge
 from .nodes import (build_pair_methods, generate_pair, grid_sheets, grid_table, judge_pair, prepare_grid_concept,
                     train_grid_concept_lora)
 
@@ -52,6 +53,10 @@ def concept_template(name: str) -> Pipeline:
              inputs={"images": "images", "prompt": "prompt", "lora_params": "params:lora", "grid_params": "params:grid",
                      "base_params": "params:base_model", "checkpoints": "lora_checkpoints"},
              outputs=["lora_weights", "training_log", "loss_curve"], name="train_lora"),
+        # recorded once per concept and read by every pair it is in (the closed-form method's statistics)
+        Node(input_statistics, inputs={"lora": "lora_weights", "images": "images", "prompt": "prompt",
+                                       "merge_params": "params:merge", "base_params": "params:base_model"},
+             outputs="input_statistics", name="input_statistics"),
     ])
 
 
@@ -67,7 +72,8 @@ def pair_template(pair: str) -> Pipeline:
         Node(build_pair_methods,
              inputs={**loras, **concepts, "mergers": "ziplora_mergers", "merge_log": "merge_log",
                      "grid_params": "params:grid", "methods_params": "params:merge.methods",
-                     "base_params": "params:base_model"},
+                     "base_params": "params:base_model", "subject_statistics": "subject_statistics",
+                     "style_statistics": "style_statistics"},
              outputs=["method_loras", "method_costs"], name="build_methods"),
         Node(export_merges, inputs={"method_loras": "method_loras", **concepts, "base_params": "params:base_model"},
              outputs=["ziplora_weights", "ziplora_kohya_weights", "direct_merge_weights", "direct_merge_kohya_weights"],
@@ -91,7 +97,8 @@ def concept_pipeline(name: str, kind: str) -> Pipeline:
 
 def pair_pipeline(subject: str, style: str) -> Pipeline:
     inputs = {f"{role}_{what}": f"{concept}.{name}" for role, concept in (("subject", subject), ("style", style))
-              for what, name in (("lora", "lora_weights"), ("images", "images"), ("prompt", "prompt"))}
+              for what, name in (("lora", "lora_weights"), ("images", "images"), ("prompt", "prompt"),
+                                 ("statistics", "input_statistics"))}
     return _in_namespace(pair_template(pair_name(subject, style)), pair_name(subject, style), inputs, {}, ["grid", "pair"])
 
 

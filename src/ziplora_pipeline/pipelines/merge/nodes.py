@@ -80,25 +80,63 @@ def zip_merge(subject_lora: LoraFile, style_lora: LoraFile, subject_images: dict
     return result.mergers, merge_log, merge_figure(result.history)
 
 
+def input_statistics(lora: LoraFile, images: dict[str, Image.Image], prompt: dict, merge_params: dict,
+                     base_params: dict) -> dict[str, torch.Tensor]:
+    """One concept's recorded layer inputs (Σ x xᵀ per distinct input of every layer its LoRA adapts) under its own
+    model, on ``merge.closed_form_draws`` draws of its images (``core.merging.closed_form.record_concept_stats``):
+    what the ``ziplora_closed_form`` method is solved from. A function of the concept alone, so the grid records
+    it once per concept."""
+    from ...core.merging.closed_form import record_concept_stats
+    from ...core.merging.ziplora_layer import attach_ziplora, detach_ziplora
+
+    cfg = merge_stage(merge_params).config
+    pipe = load_base_pipeline(from_dict(BaseModelConfig, base_params, "base_model"))
+    factors = checked_unet_factors(pipe, {prompt.get("concept", "concept"): lora})
+    name = next(iter(factors))
+    inputs = encode_concept(pipe, [images[k] for k in sorted(images)], prompt["prompt"])
+    wrappers = attach_ziplora(pipe.unet, factors)
+    try:
+        stats = record_concept_stats(pipe.unet, wrappers, name, inputs, training_scheduler(pipe), cfg.closed_form_draws,
+                                     cfg.timestep_range, cfg.closed_form_batch_size, cfg.seed)
+    finally:
+        detach_ziplora(pipe.unet, wrappers)
+    logger.info("Input statistics of '%s': %d layers reading %d distinct inputs, %d draws in %.1f s", prompt["prompt"],
+                len(stats.group_of), len(stats.moments), cfg.closed_form_draws, stats.seconds)
+    return stats.to_tensors()
+
+
 def build_context(subject_lora: LoraFile, style_lora: LoraFile, mergers: dict, logs: dict[str, dict],
-                  subject_prompt: dict, style_prompt: dict, base_params: dict) -> BuildContext:
-    """What the methods are built from; the UNet is loaded only when a method needs one (PEFT)."""
+                  subject_prompt: dict, style_prompt: dict, base_params: dict,
+                  statistics: dict[str, dict] | None = None) -> BuildContext:
+    """What the methods are built from; the UNet is loaded only when a method needs one (PEFT). ``statistics``:
+    {"subject" | "style": an ``input_statistics`` output}."""
+    from ...core.merging.closed_form import ConceptStats
+
     base = from_dict(BaseModelConfig, base_params, "base_model")
     sources = {"subject": subject_lora, "style": style_lora}
+    stats = None if statistics is None else {
+        n: ConceptStats.from_tensors(t, f"{n}_input_statistics") for n, t in statistics.items()}
     return BuildContext(sources, mergers, logs, lambda: load_base_pipeline(base).unet, resolve_device(base.device),
-                        base_unet_config(base), f"'{subject_prompt['prompt']}' and '{style_prompt['prompt']}'")
+                        base_unet_config(base), f"'{subject_prompt['prompt']}' and '{style_prompt['prompt']}'",
+                        statistics=stats)
 
 
 def build_methods(subject_lora: LoraFile, style_lora: LoraFile, mergers: dict, merge_log: dict,
-                  subject_prompt: dict, style_prompt: dict, methods_params: dict,
-                  base_params: dict) -> tuple[dict[str, LoraFile], dict]:
+                  subject_prompt: dict, style_prompt: dict, methods_params: dict, base_params: dict,
+                  subject_statistics: dict | None = None,
+                  style_statistics: dict | None = None) -> tuple[dict[str, LoraFile], dict]:
     """Every enabled method of ``merge.methods`` that is built from the two LoRAs (the registry's classes; a LoRA
     as trained is not): its LoRA file (none for the base model and K-LoRA) and what building it cost (merge
     seconds, peak memory, file size)."""
     methods = parse_methods(methods_params, "merge.methods")
     ctx = build_context(subject_lora, style_lora, mergers, {"ziplora": merge_log}, subject_prompt, style_prompt,
-                        base_params)
+                        base_params, statistics_pair(subject_statistics, style_statistics))
     return build_all(methods, ctx)
+
+
+def statistics_pair(subject: dict | None, style: dict | None) -> dict | None:
+    """The two concepts' ``input_statistics`` as ``build_context`` takes them (None unless both are given)."""
+    return None if subject is None or style is None else {"subject": subject, "style": style}
 
 
 def export_merges(method_loras: dict[str, LoraFile], subject_prompt: dict, style_prompt: dict,

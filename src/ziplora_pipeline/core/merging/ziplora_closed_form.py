@@ -1,0 +1,66 @@
+"""ZipLoRA solved in closed form (ours, experimental; issue 21): the mergers of Eq. 3 asked layer by layer, each
+layer's solved exactly from the two concepts' recorded input statistics (``closed_form.py``), then exported as
+ZipLoRA is (rank r_c + r_s, strengths folded into B). No UNet backward: the statistics are forward passes of each
+concept's own model, recorded once per concept (the merge stage's ``input_statistics`` nodes; in the grid once per
+concept for all its pairs)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+
+from ..config_utils import require
+from ..evaluation.cost import measure
+from .build import lora_file_mb, method_cost
+from .closed_form import solve_all
+from .export import ziplora_file
+from .method import BuildContext, MergeMethod
+
+
+@dataclass(frozen=True)
+class ZipLoraClosedFormOptions:
+    overlap: str = "dot"  # dot (the paper's |m_cᵀ m_s|: solved exactly) | cosine | mean_product (L-BFGS on the stats)
+    lambda_overlap: float = 0.01  # paper: λ
+    ridge: float = 1e-6  # ρ ‖m − 1‖², relative to each layer's system
+    normalize_recon: bool = True  # each layer's terms relative to its LoRA's own effect there
+    subject_scale: float = 1.0
+    style_scale: float = 1.0
+
+    def __post_init__(self):
+        require(self.overlap in ("dot", "cosine", "mean_product"),
+                f"ziplora_closed_form overlap must be dot, cosine or mean_product, got {self.overlap!r}.")
+        require(self.lambda_overlap >= 0 and self.ridge >= 0,
+                "ziplora_closed_form lambda_overlap and ridge must be >= 0.")
+
+
+class ZipLoraClosedForm(MergeMethod):
+    kind = "ziplora_closed_form"
+    Options = ZipLoraClosedFormOptions
+
+    @property
+    def style_scale(self) -> float:
+        return self.options.style_scale
+
+    def build(self, ctx: BuildContext):
+        stats = ctx.statistics or {}
+        missing = [n for n in ("subject", "style") if n not in stats]
+        if missing:
+            raise ValueError(f"Method '{self.name}' is solved from the concepts' recorded layer inputs and this run "
+                             f"has none for {missing}: run the merge stage's input_statistics nodes (kedro run "
+                             "--pipelines merge), or switch the method off.")
+        o = self.options
+        # a shallow copy: the solve releases each matrix once used, and other entries may solve from the same stats
+        stats = {n: dataclasses.replace(stats[n], moments=dict(stats[n].moments)) for n in ("subject", "style")}
+        t0 = time.perf_counter()
+        with measure(ctx.device) as cost:
+            mergers = solve_all(ctx.factors, stats, o.lambda_overlap, o.overlap, o.normalize_recon, o.ridge)
+        solve_s = time.perf_counter() - t0
+        description = f"ZipLoRA (closed form, ours) merge of {ctx.description}" if ctx.description else ""
+        lora = ziplora_file(ctx.factors, ctx.text_encoders, mergers,
+                            {"subject": o.subject_scale, "style": o.style_scale}, self.name, description)
+        out = method_cost(cost, file_mb=lora_file_mb(lora))
+        # its cost is the two concepts' forward passes (recorded once per concept, timed where recorded) + the solves
+        out["merge_seconds"] = solve_s + sum(s.seconds for s in stats.values())
+        out["solve_seconds"] = solve_s
+        return lora, out
