@@ -22,6 +22,16 @@ on CUDA ``max_memory_allocated`` minus the allocation after build (both: ``core.
     python benchmarks/merge_step.py           # tiny + large (SDXL block widths), ~5 min on 2 cores
     python benchmarks/merge_step.py --quick   # seconds: small stand-ins
 
+``--solvers``: a whole merge, the 100-step optimiser (``merge.solver: gradient``, the defaults: fresh draws, cosine)
+against the closed form (``closed_form.py``: each concept's statistics from forward passes, then every layer's
+exact solve, dot overlap), interleaved (G C C G ...), per repeat; on ``toy`` (the committed toy-world SDXL,
+64 px, rank 8) and ``large`` (744M, 128 px, rank 64). The optimiser's 100 steps are timed step by step; with
+``--gradient-steps K`` < 100 (large: 5 by default) its merge time is 100 × the median of its K measured steps
+(labelled ``estimated_from_steps``). Peak memory in fresh workers: the closed form vs two optimiser steps with
+gradient checkpointing (the issue's bound). Random LoRAs: a timing, not a quality figure (the grid verdict is that).
+
+    python benchmarks/merge_step.py --solvers --models toy,large
+
 Logs go to stderr; the last stdout line is one JSON object.
 """
 
@@ -205,12 +215,102 @@ class Variant:
                 replace_module(self.unet, path, w.base)
 
 
+def build_toy(job):
+    """The committed toy-world SDXL (what ``kedro run`` merges on) with random rank-``job['rank']`` LoRAs on its
+    attention layers, and random concept inputs at its native size."""
+    import torch
+
+    from ziplora_pipeline.core.diffusion.base_model import BaseModelConfig, load_base_pipeline
+    from ziplora_pipeline.core.diffusion.sdxl import ConceptInputs, time_ids
+    from ziplora_pipeline.core.lora.factors import LoraFactors
+
+    pipe = load_base_pipeline(BaseModelConfig(pretrained_model_name_or_path=os.path.join(
+        os.path.dirname(HERE), "data", "06_models", "toy_sdxl"), device="auto"))
+    unet = pipe.unet.requires_grad_(False)
+    device = unet.device
+    g = torch.Generator().manual_seed(0)
+    h = unet.config.sample_size
+    cross, proj = unet.config.cross_attention_dim, pipe.text_encoder_2.config.projection_dim
+    inputs = {n: ConceptInputs(torch.randn(3, 4, h, h, generator=g).to(device), torch.full((3, 4, h, h), 0.05,
+                                                                                            device=device),
+                               torch.randn(1, 77, cross, generator=g).to(device), torch.randn(1, proj, generator=g).to(device),
+                               time_ids((job["resolution"],) * 2, device=device)) for n in ("subject", "style")}
+    r = job["rank"]
+    modules = dict(unet.named_modules())
+    targets = [n for n in modules if n.endswith(("to_q", "to_k", "to_v", "to_out.0"))]
+    loras = {n: {p: LoraFactors(torch.randn(r, modules[p].in_features, generator=g).to(device) / r,
+                                torch.randn(modules[p].out_features, r, generator=g).to(device) * 0.1, 1.0)
+                 for p in targets} for n in ("subject", "style")}
+    return unet, inputs, loras, device
+
+
+def solver_run(job, unet, inputs, loras, device, solver: str, sched) -> dict:
+    """One whole merge with ``solver``: seconds (and, for the optimiser, its per-step times)."""
+    import torch
+
+    from ziplora_pipeline.core.merging.closed_form import record_concept_stats, solve_all
+    from ziplora_pipeline.core.merging.optimise import MergeConfig, ziplora_merge
+    from ziplora_pipeline.core.merging.ziplora_layer import attach_ziplora, detach_ziplora
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if solver == "gradient":
+        marks = []
+        cfg = MergeConfig(steps=job["gradient_steps"], heldout_draws=2,
+                          gradient_checkpointing=job.get("checkpointing", False))
+        result = ziplora_merge(unet, loras, inputs, cfg, sched, on_step=lambda *a, **k: marks.append(
+            (sync(), time.perf_counter())[1]), progress=False)
+        steps = [b - a for a, b in zip(marks, marks[1:])]
+        return {"seconds": result.seconds, "step_s": steps}
+    wrappers = attach_ziplora(unet, loras)
+    try:
+        sync()
+        t0 = time.perf_counter()
+        stats = {n: record_concept_stats(unet, wrappers, n, inputs[n], sched, job["draws"], (0, 1000),
+                                         job["stats_batch"], 0) for n in loras}
+        sync()
+        t1 = time.perf_counter()
+        solve_all(loras, stats, 0.01, "dot", True, 1e-6)
+        sync()
+        t2 = time.perf_counter()
+    finally:
+        detach_ziplora(unet, wrappers)
+    return {"seconds": t2 - t0, "stats_s": t1 - t0, "solve_s": t2 - t1}
+
+
+def solvers_worker(job: dict) -> dict:
+    import torch
+
+    from ziplora_pipeline.core.evaluation.cost import measure as metered
+    from ziplora_pipeline.core.merging.optimise import default_scheduler
+
+    torch.manual_seed(0)
+    unet, inputs, loras, device = (build_toy if job["model"] == "toy" else build)(job)
+    sched = default_scheduler()
+    layers = {p: loras["subject"][p].A.shape[1] for p in loras["subject"]}
+    out = {"unet_params_m": round(sum(p.numel() for p in unet.parameters()) / 1e6, 1), "device": str(device),
+           "layers": len(layers), "layer_inputs": sorted(set(layers.values()))}
+    if job["mode"] == "solver_mem":
+        with metered(device) as cost:
+            solver_run({**job, "gradient_steps": 2, "checkpointing": True}, unet, inputs, loras, device,
+                       job["solver"], sched)
+        return {**out, "peak_mb": cost.peak_mb, "memory_kind": cost.memory_kind}
+    runs = {"gradient": [], "closed_form": []}
+    for rep in range(job["repeats"]):
+        for solver in (("gradient", "closed_form") if rep % 2 == 0 else ("closed_form", "gradient")):
+            r = solver_run(job, unet, inputs, loras, device, solver, sched)
+            runs[solver].append(r)
+            logger.info("%s repeat %d %s: %.2f s", job["model"], rep, solver, r["seconds"])
+    return {**out, "runs": runs}
+
+
 def worker(job: dict) -> dict:
     import torch
 
     from ziplora_pipeline.core.evaluation.cost import measure as metered
     from ziplora_pipeline.core.merging.optimise import MergeConfig, default_scheduler
 
+    if job["mode"].startswith("solver"):
+        return solvers_worker(job)
     torch.manual_seed(0)
     t0 = time.perf_counter()
     unet, inputs, loras, device = build(job)
@@ -303,6 +403,41 @@ def measure(name: str, spec: dict, resolution: int, rank: int, repeats: int, ste
     }
 
 
+def measure_solvers(name: str, spec: dict, resolution: int, rank: int, repeats: int, gradient_steps: int,
+                    draws: int, stats_batch: int) -> dict:
+    job = {"model": name, "spec": spec, "resolution": resolution, "rank": rank, "repeats": repeats,
+           "gradient_steps": gradient_steps, "draws": draws, "stats_batch": stats_batch, "timeout": 7200}
+    timing = spawn({**job, "mode": "solver_time"})
+    runs = timing.pop("runs")
+    grad = [r["seconds"] if gradient_steps >= 100 else 100 * statistics.median(r["step_s"]) for r in runs["gradient"]]
+    closed = [r["seconds"] for r in runs["closed_form"]]
+
+    def summary(values, label):
+        med = statistics.median(values)
+        stalls = sum(x > STALL_FACTOR * med for x in values)
+        if stalls:
+            logger.warning("%s %s: %d repeat(s) > %.0fx median: stall (another process?)", name, label, stalls,
+                           STALL_FACTOR)
+        return {"median_s": round(med, 3), "min_s": round(min(values), 3), "stalls": stalls}
+
+    mem = {s: spawn({**job, "mode": "solver_mem", "solver": s, "repeats": 1})["peak_mb"]
+           for s in ("gradient", "closed_form")}
+    g, c = summary(grad, "gradient"), summary(closed, "closed_form")
+    return {
+        "closed_over_gradient": round(c["median_s"] / g["median_s"], 4),
+        "closed_over_gradient_min": round(c["min_s"] / g["min_s"], 4),
+        "gradient_100_steps": {**g, "estimated_from_steps": gradient_steps if gradient_steps < 100 else None,
+                               "step_median_s": round(statistics.median(
+                                   [x for r in runs["gradient"] for x in r["step_s"]]), 4)},
+        "closed_form": {**c, "stats_s": [round(r["stats_s"], 3) for r in runs["closed_form"]],
+                        "solve_s": [round(r["solve_s"], 3) for r in runs["closed_form"]]},
+        "peak_mb_above_model": {"gradient_checkpointing_2_steps": round(mem["gradient"], 1) if mem["gradient"] else None,
+                                "closed_form": round(mem["closed_form"], 1) if mem["closed_form"] else None},
+        "draws_per_concept": draws, "stats_batch": stats_batch, "rank": rank, "resolution": resolution,
+        "repeats": repeats, **timing,
+    }
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small stand-ins, 2 repeats (seconds)")
@@ -310,6 +445,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int)
     p.add_argument("--steps", type=int)
     p.add_argument("--merge-steps", type=int, help="steps of the fp32/bf16 merges on the large model (0: skip)")
+    p.add_argument("--solvers", action="store_true", help="a whole merge: the 100-step optimiser vs the closed form")
+    p.add_argument("--gradient-steps", type=int, help="--solvers: optimiser steps measured (100 = a whole merge)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
@@ -317,8 +454,18 @@ def main(argv=None) -> int:
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return 0
-    models = QUICK_MODELS if args.quick else MODELS
+    models = {**(QUICK_MODELS if args.quick else MODELS), "toy": ({}, 64, 3)}
     results = {}
+    if args.solvers:
+        for name in args.models.split(","):
+            spec, resolution, _ = models[name]
+            rank = 8 if name == "toy" else 4 if (name == "tiny" or args.quick) else 64
+            steps = args.gradient_steps or (100 if name in ("toy", "tiny") and not args.quick else 5)
+            results[name] = measure_solvers(name, spec, resolution, rank, args.repeats or (2 if args.quick else 3),
+                                            steps, draws=4 if args.quick else 16, stats_batch=4 if name == "large" else 16)
+            logger.info("%s: %s", name, json.dumps(results[name]))
+        print(json.dumps(results))
+        return 0
     for name in args.models.split(","):
         spec, resolution, _ = models[name]
         rank = 4 if (name == "tiny" or args.quick) else 64  # large: the paper's rank 64

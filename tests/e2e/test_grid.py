@@ -37,7 +37,8 @@ def test_grid_run_then_a_new_style_reruns_only_what_is_new(fresh_project):
         return re.findall(r"Completed node: (\S+)", proc.stdout + proc.stderr)
 
     first = ran(kedro(fresh_project, "run", "--pipelines", "grid", "--params", fast))
-    assert sorted(first) == sorted(["robot.prepare", "robot.train_lora", "sketch.prepare", "sketch.train_lora",
+    assert sorted(first) == sorted(["robot.prepare", "robot.train_lora", "robot.input_statistics", "sketch.prepare",
+                                    "sketch.train_lora", "sketch.input_statistics",
                                     *(f"robot_x_sketch.{n}" for n in PAIR_NODES), "grid.sheets", "grid.table"])
     # MLflow: the run has one nested run per namespace (concepts and the pair), the pair's merge metrics on its own
     import contextlib
@@ -53,7 +54,7 @@ def test_grid_run_then_a_new_style_reruns_only_what_is_new(fresh_project):
     assert merge_metric_runs == {"robot_x_sketch"}
     local.write_text("grid:\n  seeds: [100, 101]\n  styles:\n    dots: {token: pfw, noun: cat}\n")
     second = ran(kedro(fresh_project, "run", "--pipelines", "grid", "--only-missing-outputs", "--params", fast))
-    assert sorted(second) == sorted(["dots.prepare", "dots.train_lora",
+    assert sorted(second) == sorted(["dots.prepare", "dots.train_lora", "dots.input_statistics",
                                      *(f"robot_x_dots.{n}" for n in PAIR_NODES), "grid.sheets", "grid.table"])
     (sheets,) = (fresh_project / "data/08_reporting/grid").glob("1x2_*/sheets/*/sheets")
     assert sorted(p.name for p in sheets.iterdir()) == sorted(f"{m}_seed100.png" for m in grid_methods())

@@ -150,15 +150,20 @@ def test_subject_pipeline_alone_adds_only_a_subject_version(project, first_run):
     assert client.get_metric_history(second.info.run_id, "style.loss") == []
 
 
-def test_bad_params_fail_before_any_node_with_the_key_named(project, first_run):
+@pytest.mark.parametrize("params, named", [
+    ("subject.lora.rnak=8", ["subject.lora.rnak", "subject.lora.rank"]),
+    ("style.lora.steps=2.5", ["'style.lora.steps' must be an integer, got 2.5"]),  # was a TypeError mid-stage
+])
+def test_bad_params_fail_before_any_node_with_the_key_named(project, first_run, params, named):
     before = (_versions(project, "subject"), _versions(project, "style"))
-    proc = kedro(project, "run", "--pipelines", PIPELINES, "--params", "subject.lora.rnak=8", check=False)
+    runs = _mlflow_runs(project)
+    proc = kedro(project, "run", "--pipelines", PIPELINES, "--params", params, check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert "subject.lora.rnak" in out and "subject.lora.rank" in out, out[-3000:]
+    assert all(n in out for n in named), out[-3000:]
     assert "Running node" not in out
     assert (_versions(project, "subject"), _versions(project, "style")) == before
-    assert _mlflow_runs(project) == 2, "a run that failed validation must not leave an MLflow run"
+    assert _mlflow_runs(project) == runs, "a run that failed validation must not leave an MLflow run"
 
 
 def test_merge_on_a_fresh_project_names_what_is_missing_and_the_command(fresh_project):

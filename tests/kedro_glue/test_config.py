@@ -71,3 +71,32 @@ def test_mlflow_tracking_db_belongs_to_the_project_being_run(tmp_path, monkeypat
     assert mlflow_conf["server"]["mlflow_tracking_uri"] == f"sqlite:///{root}/mlflow.db"
     assert mlflow_conf["tracking"]["experiment"]["create_experiment_kwargs"]["artifact_location"] == f"{root}/mlruns"
     assert mlflow_conf["tracking"]["params"]["dict_params"]["flatten"] is True
+
+
+@pytest.mark.parametrize("env", [None, "sdxl", "sd15", "grid", "bench"])
+def test_every_environment_passes_the_type_checks(env):
+    validate_parameters(_loader(env)["parameters"])
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("steps", 2.5, r"'merge.steps' must be an integer, got 2.5 \(float\)"),
+    ("steps", True, r"'merge.steps' must be an integer, got True \(bool\)"),
+    ("steps", "abc", r"'merge.steps' must be an integer, got 'abc' \(str\)"),
+    ("learning_rate", float("nan"), r"'merge.learning_rate' must be a number, got nan"),
+    ("lambda_overlap", float("inf"), r"'merge.lambda_overlap' must be a number, got inf"),
+    ("teacher_pool", 4.0, r"'merge.teacher_pool' must be an integer or null, got 4.0"),
+    ("timestep_range", [0, "x"], r"'merge.timestep_range' must be a list of 2 \(an integer, an integer\)"),
+    ("normalize_recon", "yes", r"'merge.normalize_recon' must be true or false, got 'yes'"),
+])
+def test_a_parameter_of_the_wrong_type_is_named_with_what_was_expected(key, value, expected):
+    """`--params merge.steps=2.5` used to fail inside the merge node with TypeError after other nodes had saved;
+    `merge.steps=true` ran one step. Now the schema check names the key, the value and the type expected."""
+    from ziplora_pipeline.core.config_utils import ConfigError
+
+    params = _loader(None)["parameters"]
+    params["merge"] = {**params["merge"], key: value}
+    with pytest.raises(ConfigError, match=expected + r".*Fix it in conf/\*/parameters\*.yml or in --params"):
+        validate_parameters(params)
+    params["merge"][key] = {"steps": 3, "learning_rate": 0.02, "lambda_overlap": 0, "teacher_pool": None,
+                            "timestep_range": [10, 900], "normalize_recon": False}[key]
+    validate_parameters(params)  # the right type passes (an int where a number is asked, too)

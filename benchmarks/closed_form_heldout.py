@@ -1,0 +1,109 @@
+"""Held-out Eq. 3 reconstruction of the closed-form mergers against the 100-step optimiser's, per grid pair.
+
+A **diagnostic**, not a verdict (the grid's judged table is the verdict): for every pair of a finished grid run
+(``kedro run --env grid``) it loads the pair's two concept LoRAs, images and prompts, the optimiser's mergers
+(``<pair>.ziplora_mergers``) and the concepts' recorded statistics (``<concept>.input_statistics``), solves the
+closed form from those statistics (dot overlap, the ``ziplora_closed_form`` method's defaults), and scores the
+direct merge (all mergers 1), the optimiser's and the closed form's mergers on the same held-out draws the merge
+stage scores itself on (``merge.heldout_draws`` per concept from seed ``merge.seed + 1000003``; no merge saw them).
+
+    python benchmarks/closed_form_heldout.py --project <grid run folder> [--env grid]
+
+Logs go to stderr; the last stdout line is one JSON object (per pair, and the ratio of the sums over pairs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+from pathlib import Path
+
+logger = logging.getLogger("benchmarks.closed_form_heldout")
+
+
+def pair_figures(catalog, params, subject: str, style: str) -> dict:
+    import torch
+
+    from ziplora_pipeline.core.config_utils import from_dict
+    from ziplora_pipeline.core.diffusion.base_model import BaseModelConfig, load_base_pipeline
+    from ziplora_pipeline.core.diffusion.sdxl import encode_concept, training_scheduler
+    from ziplora_pipeline.core.lora.factors import checked_unet_factors
+    from ziplora_pipeline.core.merging.closed_form import ConceptStats, solve_all
+    from ziplora_pipeline.core.merging.optimise import build_teacher_pool, pool_terms
+    from ziplora_pipeline.core.merging.ziplora_layer import attach_ziplora, detach_ziplora
+    from ziplora_pipeline.kedro_glue.params import merge_stage
+
+    cfg = merge_stage(params["merge"]).config
+    pipe = load_base_pipeline(from_dict(BaseModelConfig, params["base_model"], "base_model"))
+    pair = f"{subject}_x_{style}"
+    roles = {"subject": subject, "style": style}
+    loras = checked_unet_factors(pipe, {r: catalog.load(f"{c}.lora_weights") for r, c in roles.items()})
+    inputs = {}
+    for role, concept in roles.items():
+        images, prompt = catalog.load(f"{concept}.images"), catalog.load(f"{concept}.prompt")
+        inputs[role] = encode_concept(pipe, [images[k] for k in sorted(images)], prompt["prompt"])
+    stats = {r: ConceptStats.from_tensors(catalog.load(f"{c}.input_statistics"), f"{c}.input_statistics")
+             for r, c in roles.items()}
+    options = params["merge"]["methods"].get("ziplora_closed_form") or {}
+    closed = solve_all(loras, stats, options.get("lambda_overlap", 0.01), options.get("overlap", "dot"),
+                       options.get("normalize_recon", True), options.get("ridge", 1e-6))
+    gradient = catalog.load(f"{pair}.ziplora_mergers")
+    wrappers = attach_ziplora(pipe.unet, loras)
+    scheduler = training_scheduler(pipe)
+    out = {}
+    try:
+        gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)  # the merge stage's held-out draws
+        torch.manual_seed(cfg.seed)
+        heldout = [build_teacher_pool(pipe.unet, wrappers, scheduler, n, inputs[n], cfg, gen, cfg.heldout_draws)
+                   for n in ("subject", "style")]
+        for label, mergers in (("direct", None), ("gradient", gradient), ("closed_form", closed)):
+            for path, w in wrappers.items():
+                for n in w.names:
+                    w.mergers[n].data.fill_(1.0) if mergers is None else w.mergers[n].data.copy_(
+                        mergers[f"{path}.{n}"])
+            t = pool_terms(pipe.unet, wrappers, heldout, ["subject", "style"], cfg)
+            out[label] = {k: round(t[k], 4) for k in ("recon_subject", "recon_style", "mean_abs_cos")}
+    finally:
+        detach_ziplora(pipe.unet, wrappers)
+    logger.info("%s: %s", pair, out)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--project", required=True, help="the grid run's project folder")
+    p.add_argument("--env", default="grid")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    from ziplora_pipeline.core.config_utils import from_dict
+    from ziplora_pipeline.core.evaluation.grid import GridConfig
+
+    project = Path(args.project).resolve()
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project, env=args.env) as session:
+        context = session.load_context()
+        params = context.params
+        catalog = context.catalog
+        pairs = from_dict(GridConfig, params["grid"], "grid").pair_list()
+        per_pair = {f"{s}_x_{t}": pair_figures(catalog, params, s, t) for s, t in pairs}
+    total = {label: sum(v[label]["recon_subject"] + v[label]["recon_style"] for v in per_pair.values())
+             for label in ("direct", "gradient", "closed_form")}
+    ratios = [(v["closed_form"]["recon_subject"] + v["closed_form"]["recon_style"])
+              / (v["gradient"]["recon_subject"] + v["gradient"]["recon_style"]) for v in per_pair.values()]
+    print(json.dumps({"pairs": per_pair, "sum_over_pairs": {k: round(v, 4) for k, v in total.items()},
+                      "closed_over_gradient_sum": round(total["closed_form"] / total["gradient"], 3),
+                      "closed_over_gradient_per_pair_median": round(statistics.median(ratios), 3),
+                      "closed_over_gradient_per_pair_range": [round(min(ratios), 3), round(max(ratios), 3)]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
