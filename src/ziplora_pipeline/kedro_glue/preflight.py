@@ -94,3 +94,79 @@ def check_inputs(pipeline, catalog, registered: Mapping[str, Any], params: Mappi
             f"Cannot run {run_name}: {len(missing)} input(s) have no saved version yet.\n{lines}\n"
             f"Run `kedro run --pipelines {','.join(order)}` first (or `kedro run` for the whole job)."
         )
+
+
+class LoraInputError(ConfigError):
+    """A LoRA file the run would read is unusable; the message names the catalog entry, the file and the fix."""
+
+
+_LORA_FIX = ("Re-export the file, use a LoRA trained on this base model, or point the catalog entry "
+             "(conf/local/catalog.yml) at the right file.")
+
+
+def _lora_inputs(pipeline, catalog) -> dict[str, Any]:
+    """{entry: dataset} of the run's free inputs that are LoRA files already on disk (the run does not make them)."""
+    from ..datasets.lora_safetensors import LoraSafetensorsDataset
+
+    names = sorted(i for i in pipeline.inputs() if not i.startswith("params:") and i != "parameters")
+    found = {}
+    for name in names:
+        try:
+            dataset = catalog.get(name)
+        except Exception:  # noqa: BLE001 - not a catalog entry (a free input satisfied elsewhere)
+            continue
+        if isinstance(dataset, LoraSafetensorsDataset) and _exists(dataset):
+            found[name] = dataset
+    return found
+
+
+def _meta_unet(unet_config):
+    """The base UNet's module tree on the meta device (shapes only, no memory), to check LoRA shapes against."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        return UNet2DConditionModel.from_config(unet_config)
+
+
+def check_lora_files(pipeline, catalog, params: Mapping[str, Any]) -> None:
+    """Every LoRA file the run reads from disk (``subject_lora_weights``, ``style_lora_weights`` when a stage runs
+    on saved or your own LoRAs; a grid's saved concept LoRAs): readable, with UNet layers, finite, of this base
+    model's family and shapes; and the subject and style not the same LoRA. Raises ``LoraInputError`` naming the
+    entry, the file and the fix, before any node runs (found inside the merge node, they came after other nodes
+    had saved)."""
+    import torch
+
+    from ..core.config_utils import from_dict
+    from ..core.diffusion.base_model import BaseModelConfig, base_unet_config
+    from ..core.lora.factors import check_against_unet, unet_lora_factors
+    from ..core.lora.io import check_family
+
+    datasets = _lora_inputs(pipeline, catalog)
+    if not datasets:
+        return
+    base = from_dict(BaseModelConfig, params.get("base_model"), "base_model")
+    unet_config = base_unet_config(base)
+    family = "sdxl" if unet_config.get("addition_embed_type") == "text_time" else "sd"
+    unet = _meta_unet(unet_config)
+    loaded = {}
+    for name, dataset in datasets.items():
+        where = f"{name} ({_describe(dataset)})"
+        try:
+            lora = dataset.load()
+            check_family(lora, family, where)
+            factors = unet_lora_factors(lora, where, unet_config)
+            check_against_unet(unet, {where: factors})
+        except Exception as err:  # noqa: BLE001 - any failure to read or fit the file is this input's problem
+            raise LoraInputError(f"Catalog entry '{name}' ({_describe(dataset)}) cannot be used: {err} {_LORA_FIX}") from err
+        loaded[name] = (lora, where)
+    pairs = [(a, b) for a, b in (("subject_lora_weights", "style_lora_weights"),) if a in loaded and b in loaded]
+    for a, b in pairs:
+        (la, wa), (lb, wb) = loaded[a], loaded[b]
+        same = la.state_dict.keys() == lb.state_dict.keys() and all(
+            torch.equal(la.state_dict[k], lb.state_dict[k]) for k in la.state_dict)
+        if same:
+            raise LoraInputError(
+                f"{wa} and {wb} are the same LoRA (identical tensors): a ZipLoRA of a LoRA with itself merges nothing. "
+                f"Point one of the two catalog entries at the other concept's LoRA, or run its training stage "
+                f"(kedro run --pipelines {b.removesuffix('_weights')}).")

@@ -1,4 +1,5 @@
-"""Fail fast: every parameter validated and every input on disk before the first node runs."""
+"""Fail fast: every parameter validated, every input on disk and every LoRA file it reads usable, before the first
+node runs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 from kedro.framework.hooks import hook_impl
 
 from ..params import validate_parameters
-from ..preflight import check_inputs
+from ..preflight import check_inputs, check_lora_files
 from .tracking import run_label
 
 logger = logging.getLogger(__name__)
@@ -28,3 +29,4 @@ class PreflightHooks:
         params = catalog["parameters"].load() if "parameters" in catalog else {}
         validate_parameters(params)
         check_inputs(pipeline, catalog, stage_pipelines(), params, run_label(run_params))
+        check_lora_files(pipeline, catalog, params)
