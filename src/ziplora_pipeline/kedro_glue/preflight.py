@@ -158,7 +158,8 @@ def check_lora_files(pipeline, catalog, params: Mapping[str, Any]) -> None:
             factors = unet_lora_factors(lora, where, unet_config)
             check_against_unet(unet, {where: factors})
         except Exception as err:  # noqa: BLE001 - any failure to read or fit the file is this input's problem
-            raise LoraInputError(f"Catalog entry '{name}' ({_describe(dataset)}) cannot be used: {err} {_LORA_FIX}") from err
+            raise LoraInputError(f"Catalog entry '{name}' ({_describe(dataset)}) cannot be used: {err} "
+                                 f"{_LORA_FIX}") from err
         loaded[name] = (lora, where)
     pairs = [(a, b) for a, b in (("subject_lora_weights", "style_lora_weights"),) if a in loaded and b in loaded]
     for a, b in pairs:

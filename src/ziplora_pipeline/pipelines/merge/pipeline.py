@@ -1,5 +1,6 @@
-"""``merge``: ZipLoRA's mergers, each concept's recorded layer inputs (the closed-form method's), every compared method built from the two LoRAs (``merge.methods``), the ZipLoRA
-and direct-merge files on their own (diffusers and kohya formats), and the merge analysis."""
+"""``merge``: ZipLoRA's mergers, each concept's recorded layer inputs (the closed-form method's), every compared
+method built from the two LoRAs (``merge.methods``), the ZipLoRA and direct-merge files on their own (diffusers and
+kohya formats), and the merge analysis."""
 
 from kedro.pipeline import Node, Pipeline
 
