@@ -5,8 +5,8 @@ from pathlib import Path
 from kedro.config import OmegaConfigLoader
 from kedro.utils import find_kedro_project
 
-from .kedro_glue.hooks import (ErrorSummaryHooks, GridHooks, GridRunHooks, MemoryHooks, MlflowArtifactHooks,
-                               PreflightHooks, RunTrackingHooks)
+from .kedro_glue.hooks import (ErrorSummaryHooks, GridHooks, GridRunHooks, InterruptHooks, MemoryHooks,
+                               MlflowArtifactHooks, PreflightHooks, RunTrackingHooks)
 from .kedro_glue.quiet import silence_known_warnings
 
 silence_known_warnings()
@@ -22,7 +22,8 @@ def project_root() -> str:
     return (find_kedro_project(Path.cwd()) or Path.cwd()).resolve().as_posix()
 
 
-HOOKS = (GridHooks(), GridRunHooks(), PreflightHooks(), MlflowArtifactHooks(), RunTrackingHooks(), ErrorSummaryHooks(), MemoryHooks())
+HOOKS = (GridHooks(), GridRunHooks(), PreflightHooks(), MlflowArtifactHooks(), RunTrackingHooks(), ErrorSummaryHooks(),
+         MemoryHooks(), InterruptHooks())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

@@ -6,6 +6,7 @@ import logging
 from typing import Callable
 
 logger = logging.getLogger(__name__)
+LAST_STEP: dict = {}  # {"prefix", "step"} of the newest ``step_logger`` call in this process
 
 
 def step_logger(prefix: str) -> Callable[..., None]:
@@ -20,6 +21,7 @@ def step_logger(prefix: str) -> Callable[..., None]:
         return lambda step, **metrics: None
 
     def log(step: int, **metrics: float) -> None:
+        LAST_STEP["prefix"], LAST_STEP["step"] = prefix, step  # what an interrupt message says it stopped at
         if mlflow.active_run() is not None:
             mlflow.log_metrics({f"{prefix}.{k}": float(v) for k, v in metrics.items()}, step=step)
 

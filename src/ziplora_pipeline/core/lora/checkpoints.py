@@ -20,6 +20,9 @@ logger = logging.getLogger(__name__)
 _STEP_FILE = re.compile(r"step_(\d{8})\.pt$")
 
 
+LAST_SAVED: dict = {}  # {"step", "path"} of this process' newest checkpoint (``CheckpointStore.save``)
+
+
 def run_key(*parts) -> str:
     """Stable 16-hex-digit hash of JSON-able parts and tensors."""
     h = hashlib.sha256()
@@ -57,6 +60,7 @@ class CheckpointStore:
                 os.unlink(tmp)
         for old in self.steps(key)[: -self.keep]:
             (d / f"step_{old:08d}.pt").unlink(missing_ok=True)
+        LAST_SAVED["step"], LAST_SAVED["path"] = step, str(final)  # what an interrupt message can point at
         return final
 
     def steps(self, key: str) -> list[int]:

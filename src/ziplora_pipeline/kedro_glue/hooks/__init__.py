@@ -1,11 +1,12 @@
 """Project hooks, one module per concern (settings.py registers them): preflight checks, MLflow tracking,
-the grid's nested runs, per-node memory, and the one-line summary of a failed command."""
+the grid's nested runs, per-node memory, the one-line summary of a failed command, and honest interrupts."""
 
 from .errors import ErrorSummaryHooks
 from .grid import GridHooks, GridRunHooks
+from .interrupt import InterruptHooks
 from .memory import MemoryHooks
 from .preflight import PreflightHooks
 from .tracking import MlflowArtifactHooks, RunTrackingHooks
 
-__all__ = ["ErrorSummaryHooks", "GridHooks", "GridRunHooks", "MemoryHooks", "MlflowArtifactHooks", "PreflightHooks",
-           "RunTrackingHooks"]
+__all__ = ["ErrorSummaryHooks", "GridHooks", "GridRunHooks", "InterruptHooks", "MemoryHooks", "MlflowArtifactHooks",
+           "PreflightHooks", "RunTrackingHooks"]
