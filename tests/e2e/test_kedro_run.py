@@ -189,6 +189,26 @@ def test_a_missing_subject_folder_fails_before_any_stage_saves(fresh_project):
     assert _mlflow_runs(fresh_project) == 0
 
 
+@pytest.mark.parametrize("name, content, named", [
+    ("notes.png", b"a text file named .png", "robot/notes.png: not an image file"),
+    ("dot.png", None, "robot/dot.png: 1x1 px is smaller than half the training resolution"),
+])
+def test_a_bad_subject_image_fails_before_the_style_is_saved(fresh_project, name, content, named):
+    """data_prep prepares the style and the subject in either order; the images of both are checked first."""
+    from PIL import Image
+
+    path = fresh_project / "data/01_raw/subjects/robot" / name
+    if content is None:
+        Image.new("RGB", (1, 1)).save(path)
+    else:
+        path.write_bytes(content)
+    proc = kedro(fresh_project, "run", "--pipelines", "data_prep", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and named in out and "Nothing was saved" in out, out[-3000:]
+    assert "Running node" not in out
+    assert not (fresh_project / "data" / "03_primary").exists()
+
+
 def test_merge_two_lora_files_the_user_already_has(fresh_project, mini_model_path):
     """No training: conf/local/catalog.yml points subject_lora_weights / style_lora_weights at the user's files
     (here one peft/diffusers file and one kohya file with SGM block names, as kohya's SDXL scripts write, both with

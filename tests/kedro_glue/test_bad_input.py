@@ -152,6 +152,14 @@ def test_too_small_image_is_named_with_its_size():
     assert images["half"].size == (RESOLUTION, RESOLUTION)
 
 
+@pytest.mark.parametrize("side", [12, 20])  # above MAX_IMAGE_PIXELS Pillow warns, above twice that it raises
+def test_a_decompression_bomb_is_named_as_such_with_its_file(monkeypatch, side):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(ImageInputError, match=rf"robot/huge\.png: too many pixels to decode safely .*{side * side}"
+                                              r".*decompression-bomb limit of 100 pixels; downscale"):
+        _prepare({"robot/huge.png": _png((side, side))})
+
+
 def test_every_bad_file_is_reported_at_once():
     with pytest.raises(ImageInputError) as err:
         _prepare({"robot/a.png": _png(), "robot/empty.png": b"", "robot/notes.txt": b"x",

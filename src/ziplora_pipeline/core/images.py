@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import warnings
 
 import numpy as np
 import torch
@@ -21,8 +22,14 @@ def decode_image(data: bytes, name: str) -> Image.Image:
     if not data:
         raise ImageInputError(f"{name}: the file is empty (0 bytes). Replace or delete it.")
     try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
+        with warnings.catch_warnings():  # above MAX_IMAGE_PIXELS Pillow only warns (above twice that it raises)
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageInputError(f"{name}: too many pixels to decode safely ({err}). This is Pillow's decompression-bomb "
+                              f"limit of {Image.MAX_IMAGE_PIXELS} pixels; downscale the image (a few megapixels is "
+                              "plenty: it is resized to the training resolution) or remove it.") from err
     except UnidentifiedImageError as err:
         raise ImageInputError(f"{name}: not an image file Pillow can read. Remove it from the folder.") from err
     except (OSError, SyntaxError, ValueError) as err:  # truncated / corrupt streams

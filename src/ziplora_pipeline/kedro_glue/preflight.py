@@ -77,6 +77,7 @@ def check_inputs(pipeline, catalog, registered: Mapping[str, Any], params: Mappi
             if f"{concept}.prepare" in nodes:
                 concept_ids(partitions(f"raw_{kind}s"), c.folder or concept, concept, f"data/01_raw/{kind}s",
                             setting=f"grid.{kind}s.{concept}.folder")
+    check_images(nodes, partitions, params)
 
     missing: dict[str, str] = {}
     stages: list[str] = []
@@ -94,6 +95,41 @@ def check_inputs(pipeline, catalog, registered: Mapping[str, Any], params: Mappi
             f"Cannot run {run_name}: {len(missing)} input(s) have no saved version yet.\n{lines}\n"
             f"Run `kedro run --pipelines {','.join(order)}` first (or `kedro run` for the whole job)."
         )
+
+
+def check_images(nodes: set[str], partitions, params: Mapping[str, Any]) -> None:
+    """Every image the run's data_prep nodes will read decoded and checked as those nodes do (corrupt, truncated,
+    too small, a decompression bomb), all folders before any node: otherwise the style's images were saved and
+    then the subject's folder failed. One ``ImageInputError`` lists every bad file of every folder."""
+    from ..core.images import ImageInputError
+    from ..pipelines.data_prep.nodes import RAW_INPUTS, prepare_concept
+
+    resolution = (params.get("data_prep") or {}).get("resolution", 64)
+    problems = []
+    for name, (concept, root) in RAW_INPUTS.items():
+        if f"data_prep.prepare_{concept}" in nodes:
+            try:
+                prepare_concept(partitions(name), (params.get("data_prep") or {}).get(concept) or {}, resolution,
+                                concept, root)
+            except ImageInputError as err:
+                problems.append(str(err))
+    grid_prepares = [n.removesuffix(".prepare") for n in sorted(nodes) if n.endswith(".prepare")]
+    if grid_prepares:
+        from ..pipelines.grid.nodes import prepare_grid_concept
+        from ..core.config_utils import from_dict
+        from ..core.evaluation.grid import GridConfig
+
+        concepts = from_dict(GridConfig, params.get("grid"), "grid").concepts()
+        for concept in grid_prepares:
+            if concept in concepts:
+                try:
+                    prepare_grid_concept(partitions(f"raw_{concepts[concept][0]}s"), params.get("grid"), resolution,
+                                         concept)
+                except ImageInputError as err:
+                    problems.append(str(err))
+    if problems:
+        raise ImageInputError("\n".join(problems) + "\nNothing was saved: fix or remove these files and run the "
+                              "same command again.")
 
 
 class LoraInputError(ConfigError):
