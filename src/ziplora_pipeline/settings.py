@@ -6,7 +6,7 @@ from kedro.config import OmegaConfigLoader
 from kedro.utils import find_kedro_project
 
 from .kedro_glue.hooks import (ErrorSummaryHooks, GridHooks, GridRunHooks, InterruptHooks, MemoryHooks,
-                               MlflowArtifactHooks, PreflightHooks, RunTrackingHooks)
+                               MlflowArtifactHooks, PreflightHooks, RunTrackingHooks, StageRollbackHooks)
 from .kedro_glue.quiet import silence_known_warnings
 
 silence_known_warnings()
@@ -23,7 +23,7 @@ def project_root() -> str:
 
 
 HOOKS = (GridHooks(), GridRunHooks(), PreflightHooks(), MlflowArtifactHooks(), RunTrackingHooks(), ErrorSummaryHooks(),
-         MemoryHooks(), InterruptHooks())
+         MemoryHooks(), InterruptHooks(), StageRollbackHooks())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
