@@ -267,6 +267,17 @@ def test_merge_two_lora_files_the_user_already_has(fresh_project, mini_model_pat
     want = sum(text_encoder_lora_factors(f, n)["text_encoder"][q0].delta() for n, f in (("dog", dog), ("style", sgm)))
     assert (te - want).norm() <= 1e-4 * want.norm()
     assert not (fresh_project / "data/06_models/subject_lora").exists()  # nothing was trained
+    # the same file as subject and style: refused before any node, naming both entries; nothing new saved
+    (fresh_project / "conf" / "local" / "catalog.yml").write_text(
+        "subject_lora_weights:\n  type: ziplora_pipeline.datasets.LoraSafetensorsDataset\n"
+        "  filepath: my_loras/my_dog.safetensors\n"
+        "style_lora_weights:\n  type: ziplora_pipeline.datasets.LoraSafetensorsDataset\n"
+        "  filepath: my_loras/my_dog.safetensors\n")
+    proc = kedro(fresh_project, "run", "--pipelines", "merge", check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "are the same LoRA (identical tensors)" in text and "my_dog.safetensors" in text
+    assert "Running node" not in text
+    assert len(list((fresh_project / "data/06_models/ziplora/ziplora.safetensors").iterdir())) == 1
 
 
 def test_a_plain_kedro_command_prints_no_third_party_warning():
