@@ -186,3 +186,24 @@ def test_the_method_solved_from_each_concepts_own_statistics_equals_the_pair_sol
     worst = max((alone[k] - pair.mergers[k]).abs().max().item() for k in alone)
     assert worst < 1e-3
     assert trained["costs"]["ziplora_closed_form"]["merge_seconds"] > 0
+
+
+def test_refine_steps_start_the_optimiser_from_the_closed_form(trained, base_cfg, subject_images, style_images):
+    """The hybrid (ours): ``refine_steps`` UNet-level optimiser steps from the closed-form mergers; 0 steps of
+    refinement leave them as solved, a few steps move them."""
+    import dataclasses
+
+    from ziplora_pipeline.core.merging.ziplora_closed_form import ZipLoraClosedForm, ZipLoraClosedFormOptions
+
+    ctx = dataclasses.replace(trained["ctx"], load_pipeline=lambda: load_base_pipeline(base_cfg),
+                              concepts={"subject": (subject_images, SUBJECT_PROMPT), "style": (style_images, STYLE_PROMPT)},
+                              merge_config=MergeConfig(heldout_draws=2))
+    plain = ZipLoraClosedForm("cf", ZipLoraClosedFormOptions())
+    hybrid = ZipLoraClosedForm("cf3", ZipLoraClosedFormOptions(refine_steps=3))
+    (lora0, cost0), (lora3, cost3) = plain.build(ctx), hybrid.build(ctx)
+    assert "refine_seconds" in cost3 and cost3["merge_seconds"] > cost0["merge_seconds"]
+    diff = max((lora3.state_dict[k].float() - lora0.state_dict[k].float()).abs().max().item()
+               for k in lora0.state_dict if "lora_A" in k)
+    assert diff > 1e-6  # the optimiser moved the mergers (folded into A)
+    with pytest.raises(ValueError, match="refine_steps 3.*needs the base pipeline"):
+        hybrid.build(trained["ctx"])

@@ -79,6 +79,9 @@ class BuildContext:
         description: who is merged ("'a sks robot' and 'a house in zwx style'"), for the files' headers.
         statistics: {"subject" | "style": ConceptStats}, each concept's recorded layer inputs (closed_form.py), for
             the methods solved from them (``ziplora_closed_form``); None where the run did not record them.
+        load_pipeline: returns the base pipeline (encoders included), for methods that take UNet steps.
+        concepts: {"subject" | "style": (reference images, prompt)}, the merge's training data, for the same.
+        merge_config: the merge stage's ``MergeConfig`` (the optimiser's settings ZipLoRA was learned with).
     """
 
     sources: dict[str, LoraFile]
@@ -90,6 +93,9 @@ class BuildContext:
     description: str = ""
     cache: dict = field(default_factory=dict)  # shared between methods of one build (e.g. peft's adapters)
     statistics: dict | None = None
+    load_pipeline: Callable[[], Any] | None = None
+    concepts: dict | None = None
+    merge_config: Any = None
 
     def source(self, name: str, method: str) -> LoraFile:
         if name not in self.sources:

@@ -160,7 +160,8 @@ def pool_terms(unet, wrappers, pools: list[TeacherPool], names: list[str], cfg: 
 
 
 def ziplora_merge(unet, loras: dict[str, dict[str, LoraFactors]], inputs: dict[str, ConceptInputs],
-                  cfg: MergeConfig, scheduler=None, on_step=None, progress: bool = True) -> MergeResult:
+                  cfg: MergeConfig, scheduler=None, on_step=None, progress: bool = True,
+                  initial: dict[str, torch.Tensor] | None = None) -> MergeResult:
     """Learn merger vectors for ``loras`` (≥ 2) on ``unet`` (left unchanged on return).
 
     Args:
@@ -168,12 +169,18 @@ def ziplora_merge(unet, loras: dict[str, dict[str, LoraFactors]], inputs: dict[s
         inputs: each concept's encoded reference images and prompt.
         scheduler: a DDPM-style noise scheduler (``add_noise``); defaults to SDXL's training schedule.
         on_step: called as ``on_step(step, **terms)`` after every optimiser step.
+        initial: mergers to start from (the merger file's layout), e.g. the closed form's; default all ones.
     """
     require(len(loras) >= 2 and set(loras) == set(inputs), "ziplora_merge needs >= 2 LoRAs, one input per LoRA.")
     from .ziplora_layer import detach_ziplora
 
     scheduler = scheduler or default_scheduler()
     wrappers = attach_ziplora(unet, loras)
+    if initial is not None:
+        with torch.no_grad():
+            for path, w in wrappers.items():
+                for n in w.names:
+                    w.mergers[n].copy_(initial[f"{path}.{n}"].to(w.mergers[n].device, w.mergers[n].dtype))
     # Checkpointing is switched on for the merge only and restored after: a pipeline a LoRA training
     # left it on for would otherwise make gpu_check's merge figure optimistic (issue 9).
     was_checkpointing = bool(getattr(unet, "is_gradient_checkpointing", False))

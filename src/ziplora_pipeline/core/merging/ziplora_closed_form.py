@@ -26,12 +26,15 @@ class ZipLoraClosedFormOptions:
     normalize_recon: bool = True  # each layer's terms relative to its LoRA's own effect there
     subject_scale: float = 1.0
     style_scale: float = 1.0
+    # ours: UNet-level optimiser steps (the merge stage's settings, Eq. 3 at the UNet's output) from the closed-form
+    # mergers; 0: the closed form alone
+    refine_steps: int = 0
 
     def __post_init__(self):
         require(self.overlap in ("dot", "cosine", "mean_product"),
                 f"ziplora_closed_form overlap must be dot, cosine or mean_product, got {self.overlap!r}.")
-        require(self.lambda_overlap >= 0 and self.ridge >= 0,
-                "ziplora_closed_form lambda_overlap and ridge must be >= 0.")
+        require(self.lambda_overlap >= 0 and self.ridge >= 0 and self.refine_steps >= 0,
+                "ziplora_closed_form lambda_overlap, ridge and refine_steps must be >= 0.")
 
 
 class ZipLoraClosedForm(MergeMethod):
@@ -56,11 +59,32 @@ class ZipLoraClosedForm(MergeMethod):
         with measure(ctx.device) as cost:
             mergers = solve_all(ctx.factors, stats, o.lambda_overlap, o.overlap, o.normalize_recon, o.ridge)
         solve_s = time.perf_counter() - t0
+        refine_s = 0.0
+        if o.refine_steps:
+            mergers, refine_s = self._refine(ctx, mergers)
         description = f"ZipLoRA (closed form, ours) merge of {ctx.description}" if ctx.description else ""
         lora = ziplora_file(ctx.factors, ctx.text_encoders, mergers,
                             {"subject": o.subject_scale, "style": o.style_scale}, self.name, description)
         out = method_cost(cost, file_mb=lora_file_mb(lora))
         # its cost is the two concepts' forward passes (recorded once per concept, timed where recorded) + the solves
-        out["merge_seconds"] = solve_s + sum(s.seconds for s in stats.values())
+        out["merge_seconds"] = solve_s + refine_s + sum(s.seconds for s in stats.values())
         out["solve_seconds"] = solve_s
+        if o.refine_steps:
+            out["refine_seconds"] = refine_s
         return lora, out
+
+    def _refine(self, ctx: BuildContext, mergers: dict) -> tuple[dict, float]:
+        """``refine_steps`` of the merge stage's optimiser (Eq. 3 through the UNet) from the closed-form mergers."""
+        from ..diffusion.sdxl import encode_concept, training_scheduler
+        from .optimise import MergeConfig, ziplora_merge
+
+        if ctx.load_pipeline is None or ctx.concepts is None:
+            raise ValueError(f"Method '{self.name}' (refine_steps {self.options.refine_steps}) takes UNet steps and "
+                             "needs the base pipeline and the concepts' images: build it in the merge stage.")
+        pipe = ctx.load_pipeline()
+        inputs = {n: encode_concept(pipe, images, prompt) for n, (images, prompt) in ctx.concepts.items()}
+        cfg = dataclasses.replace(ctx.merge_config or MergeConfig(), steps=self.options.refine_steps,
+                                  solver="gradient")
+        result = ziplora_merge(pipe.unet, {n: ctx.factors[n] for n in inputs}, inputs, cfg,
+                               training_scheduler(pipe), progress=False, initial=mergers)
+        return result.mergers, result.seconds

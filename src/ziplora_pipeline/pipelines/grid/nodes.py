@@ -65,12 +65,15 @@ def _pair_methods(cfg: GridConfig, methods_params: dict) -> dict:
 def build_pair_methods(subject_lora: LoraFile, style_lora: LoraFile, mergers: dict, merge_log: dict,
                        subject_prompt: dict, style_prompt: dict, grid_params: dict, methods_params: dict,
                        base_params: dict, subject_statistics: dict | None = None,
-                       style_statistics: dict | None = None) -> tuple[dict[str, LoraFile], dict]:
+                       style_statistics: dict | None = None, subject_images: dict | None = None,
+                       style_images: dict | None = None, merge_params: dict | None = None
+                       ) -> tuple[dict[str, LoraFile], dict]:
     """One pair's methods (``pair_method_entries``: ``grid.methods``, the two references, ZipLoRA at the weaker
     style strengths), built by the merge stage's registry: ({method: LoraFile}, {method: cost}). The concepts'
     ``input_statistics`` are their namespaces' (recorded once per concept)."""
     ctx = build_context(subject_lora, style_lora, mergers, {"ziplora": merge_log}, subject_prompt, style_prompt,
-                        base_params, statistics_pair(subject_statistics, style_statistics))
+                        base_params, statistics_pair(subject_statistics, style_statistics),
+                        statistics_pair(subject_images, style_images), merge_params)
     return build_methods(_pair_methods(_grid(grid_params), methods_params), ctx)
 
 

@@ -107,35 +107,44 @@ def input_statistics(lora: LoraFile, images: dict[str, Image.Image], prompt: dic
 
 def build_context(subject_lora: LoraFile, style_lora: LoraFile, mergers: dict, logs: dict[str, dict],
                   subject_prompt: dict, style_prompt: dict, base_params: dict,
-                  statistics: dict[str, dict] | None = None) -> BuildContext:
+                  statistics: dict[str, dict] | None = None, images: dict[str, dict] | None = None,
+                  merge_params: dict | None = None) -> BuildContext:
     """What the methods are built from; the UNet is loaded only when a method needs one (PEFT). ``statistics``:
-    {"subject" | "style": an ``input_statistics`` output}."""
+    {"subject" | "style": an ``input_statistics`` output}; ``images``: {"subject" | "style": its images} (for the
+    methods that take UNet steps)."""
     from ...core.merging.closed_form import ConceptStats
 
     base = from_dict(BaseModelConfig, base_params, "base_model")
     sources = {"subject": subject_lora, "style": style_lora}
     stats = None if statistics is None else {
         n: ConceptStats.from_tensors(t, f"{n}_input_statistics") for n, t in statistics.items()}
+    prompts = {"subject": subject_prompt["prompt"], "style": style_prompt["prompt"]}
+    concepts = (None if images is None
+                else {n: ([imgs[k] for k in sorted(imgs)], prompts[n]) for n, imgs in images.items()})
     return BuildContext(sources, mergers, logs, lambda: load_base_pipeline(base).unet, resolve_device(base.device),
                         base_unet_config(base), f"'{subject_prompt['prompt']}' and '{style_prompt['prompt']}'",
-                        statistics=stats)
+                        statistics=stats, load_pipeline=lambda: load_base_pipeline(base), concepts=concepts,
+                        merge_config=None if merge_params is None else merge_stage(merge_params).config)
 
 
 def build_methods(subject_lora: LoraFile, style_lora: LoraFile, mergers: dict, merge_log: dict,
                   subject_prompt: dict, style_prompt: dict, methods_params: dict, base_params: dict,
-                  subject_statistics: dict | None = None,
-                  style_statistics: dict | None = None) -> tuple[dict[str, LoraFile], dict]:
+                  subject_statistics: dict | None = None, style_statistics: dict | None = None,
+                  subject_images: dict | None = None, style_images: dict | None = None,
+                  merge_params: dict | None = None) -> tuple[dict[str, LoraFile], dict]:
     """Every enabled method of ``merge.methods`` that is built from the two LoRAs (the registry's classes; a LoRA
     as trained is not): its LoRA file (none for the base model and K-LoRA) and what building it cost (merge
     seconds, peak memory, file size)."""
     methods = parse_methods(methods_params, "merge.methods")
     ctx = build_context(subject_lora, style_lora, mergers, {"ziplora": merge_log}, subject_prompt, style_prompt,
-                        base_params, statistics_pair(subject_statistics, style_statistics))
+                        base_params, statistics_pair(subject_statistics, style_statistics),
+                        statistics_pair(subject_images, style_images), merge_params)
     return build_all(methods, ctx)
 
 
 def statistics_pair(subject: dict | None, style: dict | None) -> dict | None:
-    """The two concepts' ``input_statistics`` as ``build_context`` takes them (None unless both are given)."""
+    """The two concepts' ``input_statistics`` (or images) as ``build_context`` takes them (None unless both are
+    given)."""
     return None if subject is None or style is None else {"subject": subject, "style": style}
 
 
