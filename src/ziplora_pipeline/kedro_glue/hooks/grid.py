@@ -6,6 +6,8 @@ import logging
 
 from kedro.framework.hooks import hook_impl
 
+from .interrupt import process_tags
+
 logger = logging.getLogger(__name__)
 
 
@@ -44,7 +46,9 @@ class GridRunHooks:
             mlflow.start_run(run_id=self._runs[namespace], nested=True)
         else:
             kind = "pair" if "pair" in node.tags else "concept"
-            run = mlflow.start_run(run_name=namespace, nested=True, tags={"grid.namespace": namespace, "grid.kind": kind})
+            # the pid/host tags let the next run mark this one KILLED if a hard kill leaves it RUNNING (interrupt.py)
+            run = mlflow.start_run(run_name=namespace, nested=True, tags={"grid.namespace": namespace, "grid.kind": kind,
+                                                                          **process_tags()})
             self._runs[namespace] = run.info.run_id
         self._open = True
 

@@ -20,6 +20,11 @@ logger = logging.getLogger(__name__)
 PID_TAG, HOST_TAG = "ziplora.pid", "ziplora.host"
 
 
+def process_tags() -> dict[str, str]:
+    """The tags that say which process owns a run (``mark_stale_runs`` checks them)."""
+    return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+
+
 class RunInterrupted(Exception):  # noqa: N818 - it is not an error of the run, the user stopped it
     """SIGINT during a run, raised as an ``Exception`` so that Kedro's ``on_pipeline_error`` hooks run."""
 
@@ -78,7 +83,7 @@ class InterruptHooks:
             run = mlflow.active_run()
             if run is not None:
                 self._run_id = run.info.run_id
-                mlflow.set_tags({PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()})
+                mlflow.set_tags(process_tags())
                 stale = mark_stale_runs(mlflow.MlflowClient(), [run.info.experiment_id], run.info.run_id)
                 if stale:
                     logger.warning("Marked %d MLflow run(s) KILLED that a hard kill left RUNNING: %s", len(stale),
