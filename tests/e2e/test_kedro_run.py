@@ -263,6 +263,10 @@ def test_merge_two_lora_files_the_user_already_has(fresh_project, mini_model_pat
     want = sum(text_encoder_lora_factors(f, n)["text_encoder"][q0].delta() for n, f in (("dog", dog), ("style", sgm)))
     assert (te - want).norm() <= 1e-4 * want.norm()
     assert not (fresh_project / "data/06_models/subject_lora").exists()  # nothing was trained
+    from huggingface_hub import ModelCard
+
+    (card,) = (fresh_project / "data/06_models/ziplora/README.md").glob("*/README.md")  # the card beside the export
+    assert ModelCard.load(card).data.base_model == "data/06_models/toy_sdxl" and "sks" in card.read_text()
     # the same file as subject and style: refused before any node, naming both entries; nothing new saved
     (fresh_project / "conf" / "local" / "catalog.yml").write_text(
         "subject_lora_weights:\n  type: ziplora_pipeline.datasets.LoraSafetensorsDataset\n"

@@ -26,3 +26,13 @@ def step_logger(prefix: str) -> Callable[..., None]:
             mlflow.log_metrics({f"{prefix}.{k}": float(v) for k, v in metrics.items()}, step=step)
 
     return log
+
+
+def active_run_id() -> str | None:
+    """The MLflow run this node runs in (kedro-mlflow opens it), or None (a notebook, tracking off)."""
+    try:
+        import mlflow
+    except ImportError:  # pragma: no cover
+        return None
+    run = mlflow.active_run()
+    return run.info.run_id if run is not None else None

@@ -149,9 +149,15 @@ def statistics_pair(subject: dict | None, style: dict | None) -> dict | None:
 
 
 def export_merges(method_loras: dict[str, LoraFile], subject_prompt: dict, style_prompt: dict,
-                  base_params: dict) -> tuple[LoraFile, LoraFile, LoraFile, LoraFile]:
+                  base_params: dict, inference: dict | None = None
+                  ) -> tuple[LoraFile, LoraFile, LoraFile, LoraFile, str, str]:
     """The ``ziplora`` and ``direct_merge`` methods' files on their own, in diffusers and kohya formats (the
-    latter with A1111/ComfyUI header keys: base model, trigger words, title)."""
+    latter with A1111/ComfyUI header keys: base model, trigger words, title), and a model card beside each
+    (``README.md``: base model, trigger words, prompt, how to load it; ``inference``: the generation settings the
+    project judged it with, ``num_inference_steps`` / ``guidance_scale`` / ``resolution``)."""
+    from ...core.merging.model_card import merge_model_card
+    from ...kedro_glue.tracking import active_run_id
+
     missing = [m for m in EXPORTED if m not in method_loras]
     require(not missing, f"merge.methods: {missing} switched off or missing; the merge stage saves their files "
                          f"as ziplora_weights / direct_merge_weights. Enable them (kind ziplora / direct_merge).")
@@ -162,10 +168,13 @@ def export_merges(method_loras: dict[str, LoraFile], subject_prompt: dict, style
     titles = {"ziplora": f"ZipLoRA: {subject_prompt['prompt']} + {style_prompt['prompt']}",
               "direct_merge": f"direct merge: {subject_prompt['prompt']} + {style_prompt['prompt']}"}
     logger.info("Exported: ZipLoRA rank %s, direct merge rank %s", _ranks(ziplora), _ranks(direct))
+    cards = [merge_model_card(m, f"{m}.safetensors", f"{m}_kohya.safetensors", base.pretrained_model_name_or_path,
+                              architecture, subject_prompt, style_prompt, inference, active_run_id())
+             for m in EXPORTED]
     return (ziplora, to_kohya(ziplora, kohya_metadata(base.pretrained_model_name_or_path, architecture, tokens,
                                                       titles["ziplora"])),
             direct, to_kohya(direct, kohya_metadata(base.pretrained_model_name_or_path, architecture, tokens,
-                                                    titles["direct_merge"])))
+                                                    titles["direct_merge"])), *cards)
 
 
 def _architecture(unet_config) -> str:
