@@ -267,6 +267,16 @@ def test_merge_two_lora_files_the_user_already_has(fresh_project, mini_model_pat
 
     (card,) = (fresh_project / "data/06_models/ziplora/README.md").glob("*/README.md")  # the card beside the export
     assert ModelCard.load(card).data.base_model == "data/06_models/toy_sdxl" and "sks" in card.read_text()
+    # the newest export without walking timestamp folders: only the path on stdout
+    import subprocess
+    import sys
+
+    latest = subprocess.run([sys.executable, "-m", "ziplora_pipeline.latest", "ziplora_weights"], cwd=fresh_project,
+                            capture_output=True, text=True, check=True).stdout.strip()
+    assert (fresh_project / latest).resolve() == out[0].resolve(), latest
+    typo = subprocess.run([sys.executable, "-m", "ziplora_pipeline.latest", "ziplora_wieghts"], cwd=fresh_project,
+                          capture_output=True, text=True)
+    assert typo.returncode != 0 and "Did you mean ['ziplora_weights'" in typo.stderr
     # the same file as subject and style: refused before any node, naming both entries; nothing new saved
     (fresh_project / "conf" / "local" / "catalog.yml").write_text(
         "subject_lora_weights:\n  type: ziplora_pipeline.datasets.LoraSafetensorsDataset\n"
