@@ -27,13 +27,14 @@ def merge_model_card(method: str, file_name: str, kohya_name: str, base_model: s
     settings = ", ".join(f"{k} {v}" for k, v in (("num_inference_steps", inf.get("num_inference_steps")),
                                                   ("guidance_scale", inf.get("guidance_scale")),
                                                   ("height = width", size)) if v is not None)
+    provenance = f" (MLflow run `{run_id}` records the versions of both files)" if run_id else ""
     body = f"""
 # {method}: {subject_prompt['prompt']} + {style_prompt['prompt']}
 
 {what}, made by ziplora_pipeline (`kedro run`) from
 
 - the subject LoRA, trained on "{subject_prompt['prompt']}",
-- the style LoRA, trained on "{style_prompt['prompt']}"{f" (MLflow run `{run_id}` records the versions of both files)" if run_id else ""}.
+- the style LoRA, trained on "{style_prompt['prompt']}"{provenance}.
 
 ## Trigger words
 

@@ -1,5 +1,6 @@
 """Project hooks, one module per concern (settings.py registers them): preflight checks, MLflow tracking,
-the grid's nested runs, per-node memory, the one-line summary of a failed command, honest interrupts, and a failed stage's saves rolled back."""
+the grid's nested runs, per-node memory, the one-line summary of a failed command, honest interrupts, and a failed
+stage's saves rolled back."""
 
 from .errors import ErrorSummaryHooks
 from .grid import GridHooks, GridRunHooks

@@ -47,8 +47,8 @@ class GridRunHooks:
         else:
             kind = "pair" if "pair" in node.tags else "concept"
             # the pid/host tags let the next run mark this one KILLED if a hard kill leaves it RUNNING (interrupt.py)
-            run = mlflow.start_run(run_name=namespace, nested=True, tags={"grid.namespace": namespace, "grid.kind": kind,
-                                                                          **process_tags()})
+            tags = {"grid.namespace": namespace, "grid.kind": kind, **process_tags()}
+            run = mlflow.start_run(run_name=namespace, nested=True, tags=tags)
             self._runs[namespace] = run.info.run_id
         self._open = True
 
