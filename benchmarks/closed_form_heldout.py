@@ -34,7 +34,8 @@ def pair_figures(catalog, params, subject: str, style: str) -> dict:
     from ziplora_pipeline.core.lora.factors import checked_unet_factors
     from ziplora_pipeline.core.merging.closed_form import ConceptStats, solve_all
     from ziplora_pipeline.core.merging.optimise import build_teacher_pool, pool_terms
-    from ziplora_pipeline.core.merging.ziplora_layer import attach_ziplora, detach_ziplora
+    from ziplora_pipeline.core.merging.ziplora_layer import (attach_ziplora, detach_ziplora, load_merger_state_dict,
+                                                             merger_state_dict)
     from ziplora_pipeline.kedro_glue.params import merge_stage
 
     cfg = merge_stage(params["merge"]).config
@@ -60,11 +61,9 @@ def pair_figures(catalog, params, subject: str, style: str) -> dict:
         torch.manual_seed(cfg.seed)
         heldout = [build_teacher_pool(pipe.unet, wrappers, scheduler, n, inputs[n], cfg, gen, cfg.heldout_draws)
                    for n in ("subject", "style")]
-        for label, mergers in (("direct", None), ("gradient", gradient), ("closed_form", closed)):
-            for path, w in wrappers.items():
-                for n in w.names:
-                    w.mergers[n].data.fill_(1.0) if mergers is None else w.mergers[n].data.copy_(
-                        mergers[f"{path}.{n}"])
+        ones = {k: torch.ones_like(v) for k, v in merger_state_dict(wrappers).items()}  # the direct merge
+        for label, mergers in (("direct", ones), ("gradient", gradient), ("closed_form", closed)):
+            load_merger_state_dict(wrappers, mergers)
             t = pool_terms(pipe.unet, wrappers, heldout, ["subject", "style"], cfg)
             out[label] = {k: round(t[k], 4) for k in ("recon_subject", "recon_style", "mean_abs_cos")}
     finally:

@@ -13,7 +13,7 @@ from ziplora_pipeline.core.images import square_resize
 from ziplora_pipeline.core.lora.factors import unet_lora_factors
 from ziplora_pipeline.core.lora.training import LoraTrainingConfig, train_lora
 from ziplora_pipeline.core.merging.build import build_methods, trained_costs
-from ziplora_pipeline.core.merging.closed_form import record_concept_stats
+from ziplora_pipeline.core.merging.closed_form import record_alone
 from ziplora_pipeline.core.merging.method import BuildContext, MethodAssets
 from ziplora_pipeline.core.merging.optimise import MergeConfig, default_scheduler, ziplora_merge
 from ziplora_pipeline.core.merging.registry import parse_methods
@@ -25,17 +25,6 @@ SUBJECT_PROMPT, STYLE_PROMPT = "a photo of sks robot", "a house in zwx style"
 def style_images(sample_raw):
     return [square_resize(Image.open(p).convert("RGB"), RESOLUTION)
             for p in sorted((sample_raw / "styles" / "sketch").glob("*.png"))]
-
-
-def concept_stats(unet, factors, name, inputs, draws: int = 4):
-    """One concept's recorded layer inputs, as the merge stage's input_statistics node records them."""
-    from ziplora_pipeline.core.merging.ziplora_layer import attach_ziplora, detach_ziplora
-
-    wrappers = attach_ziplora(unet, {name: factors})
-    try:
-        return record_concept_stats(unet, wrappers, name, inputs, default_scheduler(), draws, (0, 1000), 4, 0)
-    finally:
-        detach_ziplora(unet, wrappers)
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +43,9 @@ def trained(base_cfg, subject_images, style_images):
               "style": encode_concept(pipe, style_images, STYLE_PROMPT)}
     merge = ziplora_merge(pipe.unet, factors, inputs, MergeConfig(steps=20), training_scheduler(pipe), progress=False)
     sources = {**files, "joint": files["subject"]}  # joint training has its own tests: any LoRA stands in
-    statistics = {n: concept_stats(pipe.unet, factors[n], n, inputs[n]) for n in factors}
+    # each concept's recorded layer inputs, as the merge stage's input_statistics nodes record them (4 draws)
+    statistics = {n: record_alone(pipe.unet, factors[n], n, inputs[n], default_scheduler(), 4, (0, 1000), 4, 0)
+                  for n in factors}
     ctx = BuildContext(sources, merge.mergers, {"ziplora": {"seconds": merge.seconds}, "joint": {"seconds": 1.0}},
                        lambda: load_base_pipeline(base_cfg).unet, description="'a sks robot' and 'a zwx house'",
                        statistics=statistics)

@@ -206,12 +206,12 @@ def solve_layer(factors: dict[str, LoraFactors], moments: dict[str, torch.Tensor
         logger.warning("%s: singular input statistics; the ridge (%.1e × mean diagonal) keeps the mergers of the "
                        "directions without data at 1", where, ridge)
     if lambda_overlap <= 0:
-        m = quad.at(0.0)
+        m = quad.reconstruction_minimum
     elif overlap == "dot":
         m = quad.dot_minimum(lambda_overlap)
     else:  # not quadratic: L-BFGS on the statistics from the dot form's exact minimiser at the equivalent weight
         # (often on the kink, where the |·| stops a line search) and from the reconstruction minimiser; the lower kept
-        starts = [quad.dot_minimum(quad.equivalent_dot_weight(lambda_overlap, overlap)), quad.at(0.0)]
+        starts = [quad.dot_minimum(quad.equivalent_dot_weight(lambda_overlap, overlap)), quad.reconstruction_minimum]
         m = min((quad.refine(x, lambda_overlap, overlap, refine_steps) for x in starts),
                 key=lambda x: float(quad.objective(x, lambda_overlap, overlap)))
     if not torch.isfinite(m).all():
@@ -271,6 +271,11 @@ class _Quadratic:
     def at(self, nu: float) -> torch.Tensor:
         return self.m_of_z(self.z(nu))
 
+    @functools.cached_property
+    def reconstruction_minimum(self) -> torch.Tensor:
+        """m(0): the reconstruction terms' (and the ridge's) minimiser, asked for by several starts."""
+        return self.at(0.0)
+
     def objective(self, m: torch.Tensor, lam: float, form: str) -> torch.Tensor:
         """Σ_i (m − t_i)ᵀ K_i (m − t_i) / e_i + ρ ‖m − 1‖² + λ overlap(m_c, m_s)."""
         return m @ self.P @ m - 2 * self.r @ m + self.constant + lam * _overlap(m[self.bc], m[self.bs], form)
@@ -303,7 +308,8 @@ class _Quadratic:
             candidates.append(self.at((a + b) / 2))
         else:  # the "hard case" of trust-region theory (d stays finite at an end): a local search instead
             logger.debug("%s: no root of the kink's secular equation; local search on the statistics", self.where)
-            start = min(candidates, key=lambda m: float(self.objective(m, lam, "dot")), default=self.at(0.0))
+            start = min(candidates, key=lambda m: float(self.objective(m, lam, "dot")),
+                        default=self.reconstruction_minimum)
             candidates.append(self.refine(start, lam, "dot", 50))
         return min(candidates, key=lambda m: float(self.objective(m, lam, "dot")))
 
@@ -312,7 +318,7 @@ class _Quadratic:
         |m_cᵀ m_s| by ‖m_c‖ ‖m_s‖, mean_product (Σ_j |m_cj m_sj| / n) by n."""
         if form == "mean_product":
             return lam / (self.P.shape[0] // 2)
-        m = self.at(0.0)
+        m = self.reconstruction_minimum
         return lam / max(float(m[self.bc].norm() * m[self.bs].norm()), 1e-12)
 
     def refine(self, m0: torch.Tensor, lam: float, form: str, steps: int) -> torch.Tensor:
@@ -375,6 +381,19 @@ def record_concept_stats(unet, wrappers: dict, name: str, inputs, scheduler, dra
     return stats
 
 
+def record_alone(unet, factors: dict[str, LoraFactors], name: str, inputs, scheduler, draws: int,
+                 timestep_range: tuple[int, int], batch_size: int, seed: int) -> ConceptStats:
+    """``record_concept_stats`` with the concept's LoRA alone attached to ``unet`` (restored after): what the merge
+    stage's and the grid's ``input_statistics`` nodes record."""
+    from .ziplora_layer import attach_ziplora, detach_ziplora
+
+    wrappers = attach_ziplora(unet, {name: factors})
+    try:
+        return record_concept_stats(unet, wrappers, name, inputs, scheduler, draws, timestep_range, batch_size, seed)
+    finally:
+        detach_ziplora(unet, wrappers)
+
+
 @torch.no_grad()
 def solve_all(loras: dict[str, dict[str, LoraFactors]], stats: dict[str, ConceptStats], lambda_overlap: float,
               overlap: str = "dot", normalize: bool = True, ridge: float = 1e-6) -> dict[str, torch.Tensor]:
@@ -407,9 +426,7 @@ def solve_all(loras: dict[str, dict[str, LoraFactors]], stats: dict[str, Concept
 def solve_mergers(wrappers: dict, loras: dict[str, dict[str, LoraFactors]], stats: dict[str, ConceptStats],
                   lambda_overlap: float, overlap: str, normalize: bool, ridge: float) -> None:
     """``solve_all`` written into the wrappers' mergers."""
-    mergers = solve_all({n: {p: f for p, f in loras[n].items() if p in wrappers} for n in loras}, stats,
-                        lambda_overlap, overlap, normalize, ridge)
-    for path, w in wrappers.items():
-        for n in w.names:
-            m = w.mergers[n]
-            m.copy_(mergers[f"{path}.{n}"].to(m.device, m.dtype))
+    from .ziplora_layer import load_merger_state_dict
+
+    load_merger_state_dict(wrappers, solve_all({n: {p: f for p, f in loras[n].items() if p in wrappers} for n in loras},
+                                               stats, lambda_overlap, overlap, normalize, ridge))

@@ -25,8 +25,8 @@ from ..config_utils import require
 from ..diffusion.sdxl import ConceptInputs, batch_conditioning, noisy_batch, predict_in_chunks, unet_call
 from ..lora.factors import LoraFactors
 from .objective import Objective
-from .ziplora_layer import (ZipLoRALinear, attach_ziplora, mean_abs_cosine, merger_parameters, merger_state_dict,
-                            overlap_penalty, set_mergers)
+from .ziplora_layer import (ZipLoRALinear, attach_ziplora, load_merger_state_dict, mean_abs_cosine, merger_parameters,
+                            merger_state_dict, overlap_penalty, set_mergers)
 
 logger = logging.getLogger(__name__)
 
@@ -177,10 +177,7 @@ def ziplora_merge(unet, loras: dict[str, dict[str, LoraFactors]], inputs: dict[s
     scheduler = scheduler or default_scheduler()
     wrappers = attach_ziplora(unet, loras)
     if initial is not None:
-        with torch.no_grad():
-            for path, w in wrappers.items():
-                for n in w.names:
-                    w.mergers[n].copy_(initial[f"{path}.{n}"].to(w.mergers[n].device, w.mergers[n].dtype))
+        load_merger_state_dict(wrappers, initial)
     # Checkpointing is switched on for the merge only and restored after: a pipeline a LoRA training
     # left it on for would otherwise make gpu_check's merge figure optimistic (issue 9).
     was_checkpointing = bool(getattr(unet, "is_gradient_checkpointing", False))

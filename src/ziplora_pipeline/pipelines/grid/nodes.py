@@ -28,7 +28,7 @@ from ...core.merging.method import MethodAssets
 from ...core.merging.registry import parse_methods
 from ...templates.lora_nodes import train_lora_node
 from ..data_prep.nodes import prepare_concept
-from ..merge.nodes import build_context, statistics_pair
+from ..merge.nodes import build_context, concept_pair
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +72,8 @@ def build_pair_methods(subject_lora: LoraFile, style_lora: LoraFile, mergers: di
     style strengths), built by the merge stage's registry: ({method: LoraFile}, {method: cost}). The concepts'
     ``input_statistics`` are their namespaces' (recorded once per concept)."""
     ctx = build_context(subject_lora, style_lora, mergers, {"ziplora": merge_log}, subject_prompt, style_prompt,
-                        base_params, statistics_pair(subject_statistics, style_statistics),
-                        statistics_pair(subject_images, style_images), merge_params)
+                        base_params, concept_pair(subject_statistics, style_statistics),
+                        concept_pair(subject_images, style_images), merge_params)
     return build_methods(_pair_methods(_grid(grid_params), methods_params), ctx)
 
 

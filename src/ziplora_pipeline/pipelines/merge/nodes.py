@@ -83,23 +83,18 @@ def zip_merge(subject_lora: LoraFile, style_lora: LoraFile, subject_images: dict
 def input_statistics(lora: LoraFile, images: dict[str, Image.Image], prompt: dict, merge_params: dict,
                      base_params: dict) -> dict[str, torch.Tensor]:
     """One concept's recorded layer inputs (Σ x xᵀ per distinct input of every layer its LoRA adapts) under its own
-    model, on ``merge.closed_form_draws`` draws of its images (``core.merging.closed_form.record_concept_stats``):
+    model, on ``merge.closed_form_draws`` draws of its images (``core.merging.closed_form.record_alone``):
     what the ``ziplora_closed_form`` method is solved from. A function of the concept alone, so the grid records
     it once per concept."""
-    from ...core.merging.closed_form import record_concept_stats
-    from ...core.merging.ziplora_layer import attach_ziplora, detach_ziplora
+    from ...core.merging.closed_form import record_alone
 
     cfg = merge_stage(merge_params).config
     pipe = load_base_pipeline(from_dict(BaseModelConfig, base_params, "base_model"))
     factors = checked_unet_factors(pipe, {prompt.get("concept", "concept"): lora})
     name = next(iter(factors))
     inputs = encode_concept(pipe, [images[k] for k in sorted(images)], prompt["prompt"])
-    wrappers = attach_ziplora(pipe.unet, factors)
-    try:
-        stats = record_concept_stats(pipe.unet, wrappers, name, inputs, training_scheduler(pipe), cfg.closed_form_draws,
-                                     cfg.timestep_range, cfg.closed_form_batch_size, cfg.seed)
-    finally:
-        detach_ziplora(pipe.unet, wrappers)
+    stats = record_alone(pipe.unet, factors[name], name, inputs, training_scheduler(pipe), cfg.closed_form_draws,
+                         cfg.timestep_range, cfg.closed_form_batch_size, cfg.seed)
     logger.info("Input statistics of '%s': %d layers reading %d distinct inputs, %d draws in %.1f s", prompt["prompt"],
                 len(stats.group_of), len(stats.moments), cfg.closed_form_draws, stats.seconds)
     return stats.to_tensors()
@@ -137,14 +132,14 @@ def build_methods(subject_lora: LoraFile, style_lora: LoraFile, mergers: dict, m
     seconds, peak memory, file size)."""
     methods = parse_methods(methods_params, "merge.methods")
     ctx = build_context(subject_lora, style_lora, mergers, {"ziplora": merge_log}, subject_prompt, style_prompt,
-                        base_params, statistics_pair(subject_statistics, style_statistics),
-                        statistics_pair(subject_images, style_images), merge_params)
+                        base_params, concept_pair(subject_statistics, style_statistics),
+                        concept_pair(subject_images, style_images), merge_params)
     return build_all(methods, ctx)
 
 
-def statistics_pair(subject: dict | None, style: dict | None) -> dict | None:
-    """The two concepts' ``input_statistics`` (or images) as ``build_context`` takes them (None unless both are
-    given)."""
+def concept_pair(subject: dict | None, style: dict | None) -> dict | None:
+    """{"subject": subject, "style": style} (their statistics or images) as ``build_context`` takes them; None
+    unless both are given."""
     return None if subject is None or style is None else {"subject": subject, "style": style}
 
 
