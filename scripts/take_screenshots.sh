@@ -4,7 +4,8 @@
 #   apt-get install -y chromium          # Debian's package (/usr/bin/chromium)
 #   kedro run && bash scripts/take_screenshots.sh
 #
-# Writes docs/mlflow_run.png and docs/kedro_viz.png. Run from the project root after a `kedro run`.
+# Writes docs/mlflow_run.png, docs/mlflow_model.png (the newest registered ZipLoRA version) and docs/kedro_viz.png.
+# Run from the project root after a `kedro run`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
@@ -37,6 +38,16 @@ mlflow ui --backend-store-uri "sqlite:///$PWD/mlflow.db" --port "$PORT_MLFLOW" >
 pids+=($!)
 wait_for "http://127.0.0.1:$PORT_MLFLOW/health"
 shot "http://127.0.0.1:$PORT_MLFLOW/#/$run_path" docs/mlflow_run.png 1400 1000
+model_path=$(python - <<'PY'
+from mlflow.tracking import MlflowClient
+from ziplora_pipeline.settings import project_root
+client = MlflowClient(tracking_uri=f"sqlite:///{project_root()}/mlflow.db")
+[model] = client.search_registered_models(order_by=["last_updated_timestamp DESC"], max_results=1)
+version = client.get_model_version_by_alias(model.name, "newest")
+print(f"models/{model.name}/versions/{version.version}")
+PY
+)
+shot "http://127.0.0.1:$PORT_MLFLOW/#/$model_path" docs/mlflow_model.png 1400 1000
 
 # 2. Kedro-Viz: the static export, served locally
 rm -rf build && kedro viz build >/tmp/kedro_viz_build.log 2>&1
@@ -44,4 +55,4 @@ python -m http.server "$PORT_VIZ" --directory build >/tmp/kedro_viz_http.log 2>&
 pids+=($!)
 wait_for "http://127.0.0.1:$PORT_VIZ/"
 shot "http://127.0.0.1:$PORT_VIZ/" docs/kedro_viz.png 1600 1000
-echo "wrote docs/mlflow_run.png docs/kedro_viz.png"
+echo "wrote docs/mlflow_run.png docs/mlflow_model.png docs/kedro_viz.png"

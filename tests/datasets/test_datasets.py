@@ -220,3 +220,46 @@ def test_saved_files_and_folders_get_the_mode_a_plain_open_would(tmp_path):
     assert mode(tmp_path / "log.json" / V1 / "log.json") == 0o644
     folder = next((tmp_path / "imgs" / V1).iterdir())
     assert mode(folder) == 0o755 and all(mode(f) == 0o644 for f in folder.rglob("*") if f.is_file())
+
+
+def test_previews_for_kedro_viz_show_the_newest_version(tmp_path):
+    """Kedro-Viz picks the panel from ``preview``'s return annotation (its name) and draws what it returns."""
+    import base64
+    import inspect
+    import io
+    import json
+
+    import matplotlib
+    import pandas as pd
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ziplora_pipeline.datasets import CSVDataset, FigureDataset
+
+    def kind(ds) -> str:
+        annotation = inspect.signature(ds.preview).return_annotation
+        return getattr(annotation, "__name__", str(annotation))
+
+    for version, value in ((V1, {"a": 1}), (V2, {"a": 2})):
+        JSONDataset(filepath=str(tmp_path / "log.json"), version=Version(None, version)).save(value)
+    js = JSONDataset(filepath=str(tmp_path / "log.json"), version=Version(None, None))
+    assert kind(js) == "JSONPreview" and json.loads(js.preview()) == {"a": 2}
+
+    table = pd.DataFrame({"method": [f"m{i}" for i in range(8)], "score": range(8)})
+    CSVDataset(filepath=str(tmp_path / "t.csv"), version=Version(None, V1), save_args={"index": False}).save(table)
+    csv = CSVDataset(filepath=str(tmp_path / "t.csv"), version=Version(None, None))
+    preview = csv.preview()
+    assert kind(csv) == "TablePreview" and preview["columns"] == ["method", "score"] and len(preview["data"]) == 5
+
+    fig = plt.figure()
+    FigureDataset(filepath=str(tmp_path / "f.png"), version=Version(None, V1)).save(fig)
+    figure = FigureDataset(filepath=str(tmp_path / "f.png"), version=Version(None, None))
+    assert kind(figure) == "ImagePreview" and Image.open(io.BytesIO(base64.b64decode(figure.preview()))).format == "PNG"
+
+    ImageSetDataset(filepath=str(tmp_path / "imgs"), version=Version(None, V1)).save(_images(0))
+    images = ImageSetDataset(filepath=str(tmp_path / "imgs"), version=Version(None, None))
+    strip = Image.open(io.BytesIO(base64.b64decode(images.preview())))
+    first = next(iter(_images(0).values()))
+    assert kind(images) == "ImagePreview" and strip.height == first.height
+    assert strip.width == first.width * min(8, len(_images(0)))

@@ -78,15 +78,105 @@ def test_job_is_in_mlflow(job):
     [run] = client.search_runs([exp.experiment_id])
     metrics = run.data.metrics
     for method in enabled_methods():
-        assert f"eval.{method}.subject_fidelity" in metrics and f"eval.{method}.style_fidelity" in metrics
+        assert f"eval/{method}.subject_fidelity" in metrics and f"eval/{method}.style_fidelity" in metrics
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "report/report")}
     assert {"report/report/report.md", "report/report/report.html"} <= logged
     assert re.fullmatch(r"job · \d{4}-\d\d-\d\dT\d\d\.\d\d", run.info.run_name), run.info.run_name
     assert run.data.tags["runner"] == "SequentialRunner"
-    assert "eval.joint.train_seconds" in metrics and "eval.joint.merge_seconds" not in metrics
-    assert "merge.pool.recon_subject_final" in metrics and "merge.step.recon_subject" in metrics
+    assert "eval/joint.train_seconds" in metrics and "eval/joint.merge_seconds" not in metrics
+    assert "merge/heldout.recon_subject_final" in metrics and "merge/step.recon_subject" in metrics
+    assert not any(m.startswith("merge/pool.") for m in metrics)  # fresh draws: the pool's figures are the held-out's
+    assert all("/" in m for m in metrics), sorted(m for m in metrics if "/" not in m)  # every metric in a UI section
+    assert run.data.tags["subject"] == "robot" and run.data.tags["style"] == "sketch"  # runs are found by pair
     assert {a.path for a in client.list_artifacts(run.info.run_id, "generation")} >= {
         "generation/contact_sheets", "generation/generated_images", "generation/generation_manifest"}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, body: dict) -> tuple[int, dict]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_the_merge_is_registered_and_served_over_http(job):
+    """The run's ZipLoRA is a registered model (alias @newest, tagged with the LoRA versions it merged);
+    ``mlflow models serve`` on 127.0.0.1 answers a request with the image the generation stage made for that
+    prompt and seed, and a bad request with a 400 that says what to send."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    import numpy as np
+    from mlflow.tracking import MlflowClient
+    from PIL import Image
+
+    from ziplora_pipeline.serving import decode_png
+
+    project = job["project"]
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    version = client.get_model_version_by_alias("ziplora-robot-x-sketch", "newest")
+    for concept in ("subject", "style"):
+        [on_disk] = _versions(project, f"06_models/{concept}_lora/pytorch_lora_weights.safetensors")
+        assert version.tags[f"{concept}_lora_version"] == on_disk.name
+    assert version.tags["base_model"] == str((project / "data/06_models/toy_sdxl").resolve())
+    assert "Registered MLflow model ziplora-robot-x-sketch version 1 (alias @newest)" in " ".join(job["log"].split())
+
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "HF_HUB_OFFLINE": "1",
+           "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"}  # uvicorn
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m",
+                               "models:/ziplora-robot-x-sketch@newest", "--env-manager", "local", "-h", "127.0.0.1",
+                               "-p", str(port)], cwd=project, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)  # + uvicorn
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=5):
+                    break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, server.stdout.read()[-5000:]
+                time.sleep(1)
+        status, body = _post(f"{url}/invocations", {"inputs": ["a sks robot in zwx style"]})  # the run's settings
+        assert status == 200, body
+        [prediction] = body["predictions"]
+        served = np.asarray(decode_png(prediction["image"]), dtype=np.int16)
+        [images] = _versions(project, "07_model_output/generated")
+        made = np.asarray(Image.open(images / "generated" / "ziplora__merge0__seed100.png").convert("RGB"),
+                          dtype=np.int16)
+        assert served.shape == made.shape == (64, 64, 3)
+        assert np.abs(served - made).mean() < 1.0  # the same image (a batch of one vs the stage's batches)
+        status, body = _post(f"{url}/invocations", {"inputs": []})
+        assert status == 400 and "No prompts" in body["message"], body
+        status, body = _post(f"{url}/invocations", {"inputs": ["a sks robot"], "params": {"height": 50}})
+        assert status == 400 and "height = 50 cannot be made by this base model" in body["message"], body
+    finally:
+        import signal
+
+        os.killpg(server.pid, signal.SIGTERM)  # mlflow and the uvicorn process it started
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
 
 
 def test_generation_and_evaluation_run_on_their_own(job):

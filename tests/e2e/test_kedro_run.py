@@ -112,7 +112,7 @@ def test_run_is_tracked_in_the_projects_mlflow_db(project, first_run):
     assert params["subject.lora.steps"] == str(STEPS)
     assert params["data_prep.resolution"] == "64"
     for concept in ("subject", "style"):
-        history = client.get_metric_history(run.info.run_id, f"{concept}.loss")
+        history = client.get_metric_history(run.info.run_id, f"{concept}/loss")
         assert sorted(m.step for m in history) == list(range(1, STEPS + 1))
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "loras/subject_lora_weights")}
     logged |= {a.path for a in client.list_artifacts(run.info.run_id, "loras/style_lora_weights")}
@@ -146,8 +146,8 @@ def test_subject_pipeline_alone_adds_only_a_subject_version(project, first_run):
     second = runs[1]
     assert second.data.tags.get("run_id") == subject[1]
     assert "subject.lora.rank" in second.data.params and "style.lora.rank" not in second.data.params
-    assert [m.step for m in client.get_metric_history(second.info.run_id, "subject.loss")] == list(range(1, STEPS + 1))
-    assert client.get_metric_history(second.info.run_id, "style.loss") == []
+    assert [m.step for m in client.get_metric_history(second.info.run_id, "subject/loss")] == list(range(1, STEPS + 1))
+    assert client.get_metric_history(second.info.run_id, "style/loss") == []
 
 
 @pytest.mark.parametrize("params, named", [

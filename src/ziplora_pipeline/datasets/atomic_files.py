@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kedro.io.core import DatasetError, Version
+from kedro_datasets._typing import ImagePreview, JSONPreview, TablePreview  # the types Kedro-Viz's previews key on
 
 from ._atomic import atomic_path
 from ._base import LocalVersionedDataset
@@ -51,6 +52,10 @@ class JSONDataset(_AtomicFileDataset):
     def _write(self, data: Any, path: Path) -> None:
         path.write_text(json.dumps(data, **self._save_args))
 
+    def preview(self) -> JSONPreview:
+        """The newest version, for Kedro-Viz's dataset panel (``kedro viz run --include-previews``)."""
+        return JSONPreview(json.dumps(self.load()))
+
 
 class TextDataset(_AtomicFileDataset):
     def _read(self, path: Path) -> str:
@@ -71,6 +76,13 @@ class CSVDataset(_AtomicFileDataset):
     def _write(self, data, path: Path) -> None:
         data.to_csv(path, **self._save_args)
 
+    def preview(self, nrows: int = 5) -> TablePreview:
+        """The newest version's first ``nrows`` rows, in the split form Kedro-Viz draws as a table."""
+        import pandas as pd
+
+        table = pd.read_csv(self._load_path(), **{**self._load_args, "nrows": nrows})
+        return TablePreview(table.to_dict(orient="split"))
+
 
 class FigureDataset(_AtomicFileDataset):
     """A matplotlib figure saved as an image (``save_args`` go to ``savefig``, e.g. ``dpi``); loads bytes."""
@@ -86,3 +98,9 @@ class FigureDataset(_AtomicFileDataset):
         import matplotlib.pyplot as plt
 
         plt.close(data)  # figures are saved once; keep long runs from accumulating them
+
+    def preview(self) -> ImagePreview:
+        """The newest saved image, base64 (as kedro-datasets' MatplotlibDataset previews)."""
+        import base64
+
+        return ImagePreview(base64.b64encode(self.load()).decode("ascii"))

@@ -20,6 +20,11 @@ KNOWN_HARMLESS = (
     (r".*Add type hints to the `predict` method", UserWarning),
     # dagster-mlflow (pulled in by kedro-dagster's plugin) marks its own hook factory as beta at import
     (r"Function `_create_mlflow_run_hook` is currently in beta", Warning),
+    # the same package's resource, in every Dagster op of the grid job
+    (r"Dagster resource `mlflow_tracking` is currently in beta", Warning),
+    # the registered merges have an explicit signature; an input example would make mlflow load the base model and
+    # generate an image at every registration (kedro_glue/hooks/registry.py)
+    (r".*An input example was not provided when logging the model", UserWarning),
 )
 
 
@@ -48,3 +53,5 @@ def silence_known_warnings() -> None:
     # "CLIPImageProcessor requires torchvision; falling back to ...Pil" (the PIL path is what we use).
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # mlflow draws a download bar per file when it registers a model (four per merge), between the log lines
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -11,6 +11,16 @@ from .interrupt import process_tags
 logger = logging.getLogger(__name__)
 
 
+def _concept_tags(namespace: str, kind: str) -> dict[str, str]:
+    """A pair's run is tagged with its subject and style, a concept's with its name (runs are found by pair)."""
+    from ...core.evaluation.grid import PAIR_SEPARATOR
+
+    if kind == "pair":
+        subject, style = namespace.split(PAIR_SEPARATOR, 1)
+        return {"subject": subject, "style": style}
+    return {"concept": namespace}
+
+
 class GridHooks:
     """Keep the run's config loader (``--env``, ``--params``) for building the grid pipeline (``grid_config``)."""
 
@@ -47,7 +57,7 @@ class GridRunHooks:
         else:
             kind = "pair" if "pair" in node.tags else "concept"
             # the pid/host tags let the next run mark this one KILLED if a hard kill leaves it RUNNING (interrupt.py)
-            tags = {"grid.namespace": namespace, "grid.kind": kind, **process_tags()}
+            tags = {"grid.namespace": namespace, "grid.kind": kind, **_concept_tags(namespace, kind), **process_tags()}
             run = mlflow.start_run(run_name=namespace, nested=True, tags=tags)
             self._runs[namespace] = run.info.run_id
         self._open = True

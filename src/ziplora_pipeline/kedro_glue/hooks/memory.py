@@ -8,6 +8,8 @@ import sys
 
 from kedro.framework.hooks import hook_impl
 
+from ..tracking import metric_name
+
 logger = logging.getLogger(__name__)
 
 
@@ -90,7 +92,7 @@ class MemoryHooks:
         import mlflow
 
         if mlflow.active_run() is not None:
-            mlflow.log_metrics({f"memory.peak_{k}.{node.name}": v for k, v in peaks.items()})
+            mlflow.log_metrics({metric_name(f"memory.peak_{k}", node.name): v for k, v in peaks.items()})
 
     @hook_impl
     def after_pipeline_run(self) -> None:

@@ -12,6 +12,15 @@ from kedro.framework.hooks import hook_impl
 logger = logging.getLogger(__name__)
 
 
+KIND_TAG = "mlflow.experimentKind"  # MLflow 3's UI: genai_development opens the GenAI view, this the Model training one
+UI = "http://127.0.0.1:5000"  # `kedro mlflow ui` (conf/base/mlflow.yml ui.port)
+
+
+def runs_table_url(experiment_id: str) -> str:
+    """The experiment's runs table in the UI's "Model training" view (``workflowType=machine_learning``)."""
+    return f"{UI}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
 def stage_names(run_params: dict[str, Any]) -> list[str]:
     names = run_params.get("pipeline_names") or run_params.get("pipeline_name") or ["__default__"]
     return [names] if isinstance(names, str) else list(names)
@@ -33,7 +42,8 @@ def run_name(run_params: dict[str, Any]) -> str:
 
 
 class RunTrackingHooks:
-    """What kedro-mlflow leaves out of a run: a readable name, a clean ``runner`` tag and the catalog
+    """What kedro-mlflow leaves out of a run: a readable name, a clean ``runner`` tag, ``subject`` / ``style`` tags
+    (runs are found by pair: ``search_runs(filter_string="tags.subject = 'robot'")``) and the catalog
     version of every versioned dataset the run loaded (tag ``input_version.<dataset>`` plus an MLflow
     dataset input), so a ``merge`` run names the LoRA versions it merged.
     """
@@ -54,11 +64,20 @@ class RunTrackingHooks:
         run = mlflow.active_run()
         if run is None:
             return
-        mlflow.MlflowClient().update_run(run.info.run_id, name=run_name(run_params))
+        client = mlflow.MlflowClient()
+        client.update_run(run.info.run_id, name=run_name(run_params))
+        experiment = client.get_experiment(run.info.experiment_id)
+        if KIND_TAG not in experiment.tags:  # the UI opens a "custom model development" experiment in Model training
+            client.set_experiment_tag(experiment.experiment_id, KIND_TAG, "custom_model_development")
+        logger.info("MLflow run %s: `kedro mlflow ui`, then %s", run.info.run_id,
+                    runs_table_url(run.info.experiment_id))
         runner = str(run_params.get("runner", ""))  # kedro records the runner instance's repr
         match = re.search(r"(\w+Runner)", runner)
         if match:
             mlflow.set_tag("runner", match.group(1))
+        if {"subject_prompt", "style_prompt"} & set(pipeline.datasets()):  # a one-pair stage (grid pairs: GridRunHooks)
+            prep = catalog.load("params:data_prep")
+            mlflow.set_tags({"subject": prep["subject"]["folder"], "style": prep["style"]["folder"]})
 
     @hook_impl
     def after_dataset_loaded(self, dataset_name: str, data: Any, node) -> None:
@@ -75,14 +94,19 @@ class RunTrackingHooks:
         if not version:
             return
         self._logged.add(dataset_name)
-        mlflow.set_tag(f"input_version.{dataset_name}", version)
-        path = saved_path(dataset)
-        source = _local_source_class()
-        if path and source is not None:
-            from mlflow.data.meta_dataset import MetaDataset
+        try:
+            mlflow.set_tag(f"input_version.{dataset_name}", version)
+            path = saved_path(dataset)
+            source = _local_source_class()
+            if path and source is not None:
+                from mlflow.data.meta_dataset import MetaDataset
 
-            mlflow.log_input(MetaDataset(source(os.path.abspath(path)), name=dataset_name, digest=version),
-                             context="input")
+                mlflow.log_input(MetaDataset(source(os.path.abspath(path)), name=dataset_name, digest=version),
+                                 context="input")
+        except Exception as err:  # noqa: BLE001 - bookkeeping must never fail the node that loaded the data
+            # e.g. two Dagster workers logging the same dataset at once: sqlite's UNIQUE(experiment, name, digest)
+            logger.warning("Could not record the version of %s in MLflow: %s: %s", dataset_name,
+                           type(err).__name__, str(err).splitlines()[0] if str(err) else "")
 
 
 def _local_source_class():
@@ -94,12 +118,8 @@ def _local_source_class():
                  if c.__name__ == "LocalArtifactDatasetSource"), None)
 
 
-class MlflowArtifactHooks:
-    """Log each saved dataset whose catalog ``metadata`` has ``mlflow_artifact_path`` as an artifact.
-
-    kedro-mlflow's ``MlflowArtifactDataset`` cannot wrap a ``versioned: true`` dataset (both
-    want to own the save version), so versioned artifacts are logged here after they are saved.
-    """
+class CatalogHooks:
+    """Hooks that look datasets up in the run's catalog (kept from ``after_catalog_created``)."""
 
     def __init__(self):
         self._catalog = None
@@ -107,6 +127,14 @@ class MlflowArtifactHooks:
     @hook_impl
     def after_catalog_created(self, catalog) -> None:
         self._catalog = catalog
+
+
+class MlflowArtifactHooks(CatalogHooks):
+    """Log each saved dataset whose catalog ``metadata`` has ``mlflow_artifact_path`` as an artifact.
+
+    kedro-mlflow's ``MlflowArtifactDataset`` cannot wrap a ``versioned: true`` dataset (both
+    want to own the save version), so versioned artifacts are logged here after they are saved.
+    """
 
     @hook_impl
     def after_dataset_saved(self, dataset_name: str, data: Any, node) -> None:

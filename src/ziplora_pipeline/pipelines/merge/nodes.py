@@ -52,15 +52,16 @@ def zip_merge(subject_lora: LoraFile, style_lora: LoraFile, subject_images: dict
     loras = checked_unet_factors(pipe, {"subject": subject_lora, "style": style_lora})
     inputs = {"subject": encode_concept(pipe, [subject_images[k] for k in sorted(subject_images)], subject_prompt["prompt"]),
               "style": encode_concept(pipe, [style_images[k] for k in sorted(style_images)], style_prompt["prompt"])}
-    # merge.step.*: each optimiser step's batch (one noise draw per concept); merge.pool.*: the whole
-    # teacher pool before and after; merge.heldout.*: the same on draws from another seed that no step
-    # used (the figures that say whether the mergers generalise; the log line leads with them).
+    # merge/step.*: each optimiser step's batch (one noise draw per concept); merge/pool.*: the whole
+    # teacher pool before and after (a fixed pool only: with fresh draws the "pool" is the held-out draws, and
+    # its metrics would repeat merge/heldout.*); merge/heldout.*: the same on draws from another seed that no
+    # step used (the figures that say whether the mergers generalise; the log line leads with them).
     log = step_logger("merge.step")
     with measure(pipe.unet.device) as cost:  # peak memory for the evaluation's cost column
         result = ziplora_merge(pipe.unet, loras, inputs, cfg, training_scheduler(pipe), on_step=log)
     steps = len(result.history["loss"])
-    for name, before, after in (("pool", result.initial, result.final),
-                                ("heldout", result.heldout_initial, result.heldout_final)):
+    for name, before, after in ((("pool", result.initial, result.final),) * (not cfg.fresh)
+                                + (("heldout", result.heldout_initial, result.heldout_final),)):
         step_logger(f"merge.{name}")(steps, **{f"{k}_initial": v for k, v in before.items()},
                                      **{f"{k}_final": v for k, v in after.items()})
     h0, h1 = result.heldout_initial, result.heldout_final
