@@ -7,16 +7,23 @@ import pandas as pd
 import pytest
 from kedro.io import DataCatalog, MemoryDataset, Version
 
-from ziplora_pipeline.datasets import TextDataset
+from PIL import Image
+
+from ziplora_pipeline.core.merging.model_card import merge_model_card
+from ziplora_pipeline.datasets import ImageSetDataset, TextDataset
 from ziplora_pipeline.kedro_glue.hooks.registry import ALIAS, ModelRegistryHooks, registered_name
 from ziplora_pipeline.serving import check_size, prompts_of
 
-FILES = ("ziplora_weights", "ziplora_kohya_weights", "ziplora_model_card", "ziplora_mergers",
+FILES = ("ziplora_weights", "ziplora_kohya_weights", "ziplora_mergers", "ziplora_sample_image", "ziplora_model_card",
          "subject_lora_weights", "style_lora_weights")
+CARD = merge_model_card("ziplora", "ziplora.safetensors", "ziplora_kohya.safetensors",
+                        "stabilityai/stable-diffusion-xl-base-1.0", "sdxl", {"prompt": "a sks robot", "token": "sks"},
+                        {"prompt": "a house in zwx style", "token": "zwx"})
 
 
 def _catalog(tmp_path, version: str) -> DataCatalog:
     datasets = {n: TextDataset(filepath=str(tmp_path / n / f"{n}.txt"), version=Version(None, version)) for n in FILES}
+    datasets["ziplora_sample_image"] = ImageSetDataset(filepath=str(tmp_path / "sample"), version=Version(None, version))
     params = {"data_prep": {"subject": {"folder": "robot"}, "style": {"folder": "sketch"}},
               "generation": {"seeds": [100], "num_inference_steps": 20, "guidance_scale": 4.0, "resolution": 64},
               "base_model": {"pretrained_model_name_or_path": "stabilityai/stable-diffusion-xl-base-1.0"}}
@@ -43,8 +50,10 @@ def _merge_run(tmp_path, hooks, version: str, sources: str) -> None:
         if name in ("subject_lora_weights", "style_lora_weights"):
             if not (tmp_path / name / f"{name}.txt" / sources).exists():
                 _catalog(tmp_path, sources).save(name, sources)
+        elif name == "ziplora_sample_image":
+            catalog.save(name, {"sample": Image.new("RGB", (8, 8), "red")})
         else:
-            catalog.save(name, version)
+            catalog.save(name, CARD if name == "ziplora_model_card" else version)
     hooks.after_catalog_created(_catalog(tmp_path, None))
     with mlflow.start_run():
         hooks.after_dataset_saved("ziplora_model_card", None, None)
@@ -70,7 +79,13 @@ def test_each_merge_adds_a_version_tagged_with_its_sources_and_moves_the_alias(t
     assert {"artifacts", "MLmodel"} <= {f.split("/")[0] for f in files}
     card = mlflow.artifacts.download_artifacts(f"models:/{name}/1/artifacts/README.md", dst_path=str(tmp_path / "dl"))
     text = open(card).read()
-    assert text.startswith("2026-01-01") and "`subject_lora_weights`, version `2025-12-01T00.00.00.000Z`" in text
+    assert "`subject_lora_weights`, version `2025-12-01T00.00.00.000Z`" in text
+    assert "![a sks robot in zwx style](sample.png)" in text
+    from huggingface_hub import ModelCard
+
+    assert ModelCard(text).data.widget == [{"text": "a sks robot in zwx style", "output": {"url": "sample.png"}}]
+    inside = {a.path.rsplit("/", 1)[-1] for a in mlflow.artifacts.list_artifacts(f"models:/{name}/1/artifacts")}
+    assert {"README.md", "sample.png"} <= inside  # the widget's image beside the card
     model = mlflow.models.get_model_info(f"models:/{name}@{ALIAS}")
     assert [p["name"] for p in model.signature.params.to_dict()][:2] == ["seed", "num_inference_steps"]
     assert model.signature.params.to_dict()[0]["default"] == 100  # the run's first generation seed

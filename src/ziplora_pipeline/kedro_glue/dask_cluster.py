@@ -40,21 +40,25 @@ def _stop(procs: list[subprocess.Popen]) -> None:
 
 
 @contextlib.contextmanager
-def dask_cluster(project: Path, logs: Path, env: dict[str, str], workers: int = 2) -> Iterator[DaskCluster]:
+def dask_cluster(project: Path, logs: Path, env: dict[str, str], workers: int = 2,
+                 scheduler_env: dict[str, str] | None = None) -> Iterator[DaskCluster]:
     """``dask scheduler`` and ``workers`` × ``dask worker --nthreads 1 --no-nanny`` (one op at a time per worker,
-    the worker process itself running it), their output in ``logs/<name>.log``; all stopped on exit."""
+    the worker process itself running it), their output in ``logs/<name>.log``; all stopped on exit.
+    ``scheduler_env``: extra variables for the scheduler (dask config, e.g.
+    ``DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES``)."""
     from distributed import Client
 
     logs.mkdir(parents=True, exist_ok=True)
     scheduler_file = logs / "scheduler.json"
 
-    def start(name: str, *args: str) -> subprocess.Popen:
+    def start(name: str, *args: str, extra: dict[str, str] | None = None) -> subprocess.Popen:
         # own process group: stopped with every child
-        return subprocess.Popen(_dask(*args), cwd=project, env=env, stdout=(logs / f"{name}.log").open("w"),
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(_dask(*args), cwd=project, env={**env, **(extra or {})},
+                                stdout=(logs / f"{name}.log").open("w"), stderr=subprocess.STDOUT,
+                                start_new_session=True)
 
     procs = [start("scheduler", "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                   "--scheduler-file", str(scheduler_file))]
+                   "--scheduler-file", str(scheduler_file), extra=scheduler_env)]
     try:
         deadline = time.monotonic() + 60
         while not (scheduler_file.exists() and scheduler_file.stat().st_size):
@@ -62,11 +66,18 @@ def dask_cluster(project: Path, logs: Path, env: dict[str, str], workers: int = 
                 raise RuntimeError(f"dask scheduler did not start: {(logs / 'scheduler.log').read_text()[-2000:]}")
             time.sleep(0.5)
         address = json.loads(scheduler_file.read_text())["address"]
-        procs += [start(f"worker{i}", "worker", address, "--nthreads", "1", "--no-nanny", "--no-dashboard",
-                        "--name", f"worker{i}") for i in range(1, workers + 1)]
+
+        def add_worker(name: str) -> int:
+            proc = start(name, "worker", address, "--nthreads", "1", "--no-nanny", "--no-dashboard", "--name", name)
+            procs.append(proc)
+            return proc.pid
+
+        pids = {add_worker(f"worker{i}") for i in range(1, workers + 1)}
         with Client(address, timeout=60) as client:
             client.wait_for_workers(workers, timeout=120)
-            pids = set(client.run(os.getpid).values())
+            running = set(client.run(os.getpid).values())
+        if running != pids:  # --no-nanny: each worker runs in the process started here
+            raise RuntimeError(f"dask workers run in processes {running}, started {pids}")
         yield DaskCluster(address, pids)
     finally:
         _stop(procs)

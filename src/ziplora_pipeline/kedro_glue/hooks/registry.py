@@ -50,6 +50,21 @@ def inference_defaults(inference: dict) -> dict:
             "guidance_scale": float(inference.get("guidance_scale", 5.0)), "height": size, "width": size}
 
 
+def registered_card(text: str, sources: dict[str, str], versions: dict[str, str], base_model: str) -> str:
+    """The card as registered: beside its sample image (``widget:``, as diffusers' DreamBooth cards show theirs,
+    and the image in the text) and with a "Sources" section naming the two LoRAs' catalog versions."""
+    from huggingface_hub import ModelCard
+
+    from ...core.merging.model_card import SAMPLE
+
+    card = ModelCard(text)
+    prompt = getattr(card.data, "instance_prompt", None) or ""
+    card.data.widget = [{"text": prompt, "output": {"url": SAMPLE}}]
+    lines = [f"- {role} LoRA: catalog entry `{sources[role]}`, version `{versions[role]}`" for role in sources]
+    return (f"{str(card).rstrip()}\n\n![{prompt}]({SAMPLE})\n\n## Sources\n\n" + "\n".join(lines)
+            + f"\n- base model: `{base_model}`\n")
+
+
 def _requirements() -> list[str]:
     # given, not inferred: mlflow's inference imports the model in a subprocess (seconds per registration)
     out = []
@@ -103,8 +118,11 @@ class ModelRegistryHooks(CatalogHooks):
         subject, style, sources, inference = self._source(prefix)
         name = registered_name(subject, style)
         files = {"lora": f"{prefix}ziplora_weights", "kohya": f"{prefix}ziplora_kohya_weights",
-                 "card": f"{prefix}{CARD}", "mergers": f"{prefix}ziplora_mergers"}
+                 "card": f"{prefix}{CARD}", "mergers": f"{prefix}ziplora_mergers",
+                 "sample": f"{prefix}ziplora_sample_image"}
         artifacts = {key: saved_path(self._catalog.get(entry)) for key, entry in files.items()}
+        if artifacts["sample"] and os.path.isdir(artifacts["sample"]):  # an image set: its one image
+            artifacts["sample"] = os.path.join(artifacts["sample"], "sample.png")
         missing = [files[k] for k, p in artifacts.items() if not p or not os.path.exists(p)]
         if missing:
             raise FileNotFoundError(f"no saved file for {missing}")
@@ -115,9 +133,8 @@ class ModelRegistryHooks(CatalogHooks):
             # the registered card names the two source LoRAs by their catalog versions (the node that writes the
             # card sees the LoRAs' tensors, not their versions)
             card = Path(tmp) / "README.md"
-            card.write_text(Path(artifacts["card"]).read_text().rstrip() + "\n\n## Sources\n\n" + "".join(
-                f"- {role} LoRA: catalog entry `{sources[role]}`, version `{versions[role]}`\n" for role in sources)
-                + f"- base model: `{base['pretrained_model_name_or_path']}`\n")
+            card.write_text(registered_card(Path(artifacts["card"]).read_text(), sources, versions,
+                                            base["pretrained_model_name_or_path"]))
             info = mlflow.pyfunc.log_model(
                 name=name, python_model=str(Path(serving.__file__).with_name("serving_model.py")),
                 artifacts={**artifacts, "card": str(card)}, model_config={"base_model": base, "inference": defaults},

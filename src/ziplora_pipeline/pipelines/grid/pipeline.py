@@ -79,7 +79,8 @@ def pair_template(pair: str) -> Pipeline:
         Node(export_merges, inputs={"method_loras": "method_loras", **concepts, "base_params": "params:base_model",
                                     "inference": "params:grid"},
              outputs=["ziplora_weights", "ziplora_kohya_weights", "direct_merge_weights", "direct_merge_kohya_weights",
-                      "ziplora_model_card", "direct_merge_model_card"],
+                      "ziplora_sample_image", "direct_merge_sample_image", "ziplora_model_card",
+                      "direct_merge_model_card"],  # the card last: its save registers the model (hooks/registry.py)
              name="export_merges"),
         Node(_bound(generate_pair, pair=pair),
              inputs={"method_loras": "method_loras", **loras, **concepts, "grid_params": "params:grid",

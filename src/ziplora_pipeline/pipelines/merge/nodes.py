@@ -146,12 +146,13 @@ def concept_pair(subject: dict | None, style: dict | None) -> dict | None:
 
 def export_merges(method_loras: dict[str, LoraFile], subject_prompt: dict, style_prompt: dict,
                   base_params: dict, inference: dict | None = None
-                  ) -> tuple[LoraFile, LoraFile, LoraFile, LoraFile, str, str]:
+                  ) -> tuple[LoraFile, LoraFile, LoraFile, LoraFile, dict, dict, str, str]:
     """The ``ziplora`` and ``direct_merge`` methods' files on their own, in diffusers and kohya formats (the
-    latter with A1111/ComfyUI header keys: base model, trigger words, title), and a model card beside each
+    latter with A1111/ComfyUI header keys: base model, trigger words, title), a model card beside each
     (``README.md``: base model, trigger words, prompt, how to load it; ``inference``: the generation settings the
-    project judged it with, ``num_inference_steps`` / ``guidance_scale`` / ``resolution``)."""
-    from ...core.merging.model_card import merge_model_card
+    project judged it with, ``num_inference_steps`` / ``guidance_scale`` / ``resolution`` / ``seeds``) and a sample
+    image each ({"sample": PIL}: the card's prompt with those settings and the first seed)."""
+    from ...core.merging.model_card import card_prompt, merge_model_card, sample_image
     from ...kedro_glue.tracking import active_run_id
 
     missing = [m for m in EXPORTED if m not in method_loras]
@@ -167,10 +168,13 @@ def export_merges(method_loras: dict[str, LoraFile], subject_prompt: dict, style
     cards = [merge_model_card(m, f"{m}.safetensors", f"{m}_kohya.safetensors", base.pretrained_model_name_or_path,
                               architecture, subject_prompt, style_prompt, inference, active_run_id())
              for m in EXPORTED]
+    pipe = load_base_pipeline(base, for_inference=True)
+    prompt = card_prompt(subject_prompt, style_prompt)
+    samples = [{"sample": sample_image(pipe, method_loras[m], m, prompt, inference)} for m in EXPORTED]
     return (ziplora, to_kohya(ziplora, kohya_metadata(base.pretrained_model_name_or_path, architecture, tokens,
                                                       titles["ziplora"])),
             direct, to_kohya(direct, kohya_metadata(base.pretrained_model_name_or_path, architecture, tokens,
-                                                    titles["direct_merge"])), *cards)
+                                                    titles["direct_merge"])), *samples, *cards)
 
 
 def _architecture(unet_config) -> str:

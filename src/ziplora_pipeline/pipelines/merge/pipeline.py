@@ -27,7 +27,8 @@ def create_pipeline(**kwargs) -> Pipeline:
         Node(export_merges, inputs=["method_loras", "subject_prompt", "style_prompt", "params:base_model",
                                     "params:generation"],
              outputs=["ziplora_weights", "ziplora_kohya_weights", "direct_merge_weights", "direct_merge_kohya_weights",
-                      "ziplora_model_card", "direct_merge_model_card"],
+                      "ziplora_sample_image", "direct_merge_sample_image", "ziplora_model_card",
+                      "direct_merge_model_card"],  # the card last: its save registers the model (hooks/registry.py)
              name="export_merges"),
         Node(analyse_merge,
              inputs=["subject_lora_weights", "style_lora_weights", "ziplora_mergers", "subject_images",
