@@ -49,7 +49,7 @@ def test_grid_run_then_a_new_style_reruns_only_what_is_new(fresh_project):
                                   "WHERE t.key = 'mlflow.parentRunId'").fetchall())
         parents = {v for v in nested.values()}
         merge_metric_runs = {r for (r,) in con.execute(
-            "SELECT DISTINCT r.name FROM metrics m JOIN runs r ON r.run_uuid = m.run_uuid WHERE m.key LIKE 'merge.step.%'")}
+            "SELECT DISTINCT r.name FROM metrics m JOIN runs r ON r.run_uuid = m.run_uuid WHERE m.key LIKE 'merge/step.%'")}
     assert set(nested) == {"robot", "sketch", "robot_x_sketch"} and len(parents) == 1  # all under one parent
     assert merge_metric_runs == {"robot_x_sketch"}
     local.write_text("grid:\n  seeds: [100, 101]\n  styles:\n    dots: {token: pfw, noun: cat}\n")

@@ -269,7 +269,7 @@ def test_merge_two_lora_files_the_user_already_has(fresh_project, mini_model_pat
     assert ModelCard.load(card).data.base_model == "data/06_models/toy_sdxl" and "sks" in card.read_text()
     from PIL import Image
 
-    (sample,) = (fresh_project / "data/06_models/ziplora/sample").glob("*/sample.png")  # the card's sample image
+    (sample,) = (fresh_project / "data/06_models/ziplora/sample").glob("*/sample/sample.png")  # the card's sample
     assert Image.open(sample).size == (64, 64) and "ziplora_sample_image" in card.read_text()
     # the newest export without walking timestamp folders: only the path on stdout
     import subprocess

@@ -90,9 +90,10 @@ def test_the_grid_on_a_dask_cluster_every_op_on_a_worker_and_a_dead_worker_rerun
         assert "KilledWorker" in out and f"local__grid.{victim}" in out, out[-5000:]  # names the op
         started = _steps(instance, run.run_id, Ev.STEP_START)
         finished = set(_steps(instance, run.run_id, Ev.STEP_SUCCESS))
-    # every op that started ran in a worker process (not in `dagster job execute`), both workers used
-    assert set(started.values()) == cluster.worker_pids, (started, cluster.worker_pids)
-    assert {"robot__prepare", "sketch__prepare"} <= finished and victim not in finished
+    # every op that started ran in a worker process, not in `dagster job execute` (which one: dask's choice; it
+    # prefers the worker holding an op's inputs, so both workers are not always used before the kill)
+    assert set(started.values()) <= cluster.worker_pids and job.pid not in started.values(), started
+    assert "sketch__prepare" in finished and victim not in finished  # the victim's upstream op had finished
 
     rerun = kedro(project, "run", "--pipelines", "grid", "--only-missing-outputs").stdout
     ran = set(re.findall(r"Completed node: (\S+)", rerun))  # Kedro "sketch.train_lora" = Dagster sketch__train_lora
