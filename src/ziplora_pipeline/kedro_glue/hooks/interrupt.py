@@ -73,10 +73,11 @@ class InterruptHooks:
         self._previous = None
         self._node: str | None = None
         self._run_id: str | None = None
+        self._interrupt: RunInterrupted | None = None  # raised by our handler in this run
 
     @hook_impl(trylast=True)  # after kedro-mlflow opened the run
     def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
-        self._node, self._run_id = None, None
+        self._node, self._run_id, self._interrupt = None, None, None
         try:
             import mlflow
 
@@ -92,7 +93,10 @@ class InterruptHooks:
             logger.debug("interrupt hooks: MLflow not usable (%s)", err)
 
         def handler(signum, frame):
-            raise RunInterrupted(interrupt_message(self._node))
+            # remembered: a library the signal lands in may wrap it (mlflow's SQL session re-raises any exception
+            # as MlflowException), and the run must still end as interrupted
+            self._interrupt = RunInterrupted(interrupt_message(self._node))
+            raise self._interrupt
 
         if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
             self._previous = signal.signal(signal.SIGINT, handler)
@@ -113,7 +117,8 @@ class InterruptHooks:
     @hook_impl(trylast=True)  # after kedro-mlflow closed the run (as FAILED)
     def on_pipeline_error(self, error) -> None:
         self._restore()
-        if not isinstance(error, RunInterrupted):
+        error = error if isinstance(error, RunInterrupted) else self._interrupt
+        if error is None:
             return
         if self._run_id is not None:
             try:
