@@ -19,6 +19,7 @@ from typing import Any
 from kedro.framework.hooks import hook_impl
 
 from ...core.evaluation.grid import PAIR_SEPARATOR
+from ...core.merging.model_card import SAMPLE, sample_settings
 from .tracking import CatalogHooks, saved_path
 
 logger = logging.getLogger(__name__)
@@ -42,20 +43,10 @@ def base_model_reference(base_params: dict, root: str) -> dict:
     return ref
 
 
-def inference_defaults(inference: dict) -> dict:
-    """The request params' defaults: the settings the run judged the merge with (``generation`` or ``grid``)."""
-    size = int(inference.get("resolution", 64))
-    seeds = list(inference.get("seeds") or [0])
-    return {"seed": int(seeds[0]), "num_inference_steps": int(inference.get("num_inference_steps", 20)),
-            "guidance_scale": float(inference.get("guidance_scale", 5.0)), "height": size, "width": size}
-
-
 def registered_card(text: str, sources: dict[str, str], versions: dict[str, str], base_model: str) -> str:
     """The card as registered: beside its sample image (``widget:``, as diffusers' DreamBooth cards show theirs,
     and the image in the text) and with a "Sources" section naming the two LoRAs' catalog versions."""
     from huggingface_hub import ModelCard
-
-    from ...core.merging.model_card import SAMPLE
 
     card = ModelCard(text)
     prompt = getattr(card.data, "instance_prompt", None) or ""
@@ -128,7 +119,7 @@ class ModelRegistryHooks(CatalogHooks):
             raise FileNotFoundError(f"no saved file for {missing}")
         versions = {role: self._catalog.get(entry).resolve_load_version() or "-" for role, entry in sources.items()}
         base = base_model_reference(self._catalog.load("params:base_model"), project_root())
-        defaults = inference_defaults(inference)
+        defaults = sample_settings(inference)  # the request params' defaults: what the card's sample was made with
         with tempfile.TemporaryDirectory() as tmp:
             # the registered card names the two source LoRAs by their catalog versions (the node that writes the
             # card sees the LoRAs' tensors, not their versions)
