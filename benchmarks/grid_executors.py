@@ -32,13 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from scratch_project import copy_project  # noqa: E402
 
-from ziplora_pipeline.kedro_glue.dask_cluster import dask_cluster, dask_dagster_yml  # noqa: E402
-
-
-def _env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "KEDRO_ENV"))}
-    return {**env, "DAGSTER_HOME": str(home), "KEDRO_DISABLE_TELEMETRY": "1", "HF_HUB_OFFLINE": "1",
-            "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{env.get('PATH', '')}"}
+from ziplora_pipeline.kedro_glue.dask_cluster import dagster_env, dask_cluster, dask_dagster_yml  # noqa: E402
 
 
 def run_once(work: Path, executor: str, workers: int, params: str) -> float:
@@ -46,7 +40,7 @@ def run_once(work: Path, executor: str, workers: int, params: str) -> float:
     (project / "conf/local/parameters.yml").write_text(params)
     home = work / "dagster_home"
     home.mkdir()
-    env = _env(home)
+    env = dagster_env(home)
     cmd = [str(Path(sys.executable).with_name("dagster")), "job", "execute", "-m", "ziplora_pipeline.definitions",
            "-j", "local__grid"]
 

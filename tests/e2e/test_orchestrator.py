@@ -52,13 +52,11 @@ def test_the_grid_on_a_dask_cluster_every_op_on_a_worker_and_a_dead_worker_rerun
     from dagster import DagsterInstance, DagsterRunStatus
 
     from tests.helpers import kedro
-    from ziplora_pipeline.kedro_glue.dask_cluster import dask_cluster, dask_dagster_yml
+    from ziplora_pipeline.kedro_glue.dask_cluster import dagster_env, dask_cluster, dask_dagster_yml
 
     project, home = grid_project, tmp_path / "dagster_home"
     home.mkdir()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "KEDRO_ENV"))},
-           "DAGSTER_HOME": str(home), "KEDRO_DISABLE_TELEMETRY": "1", "HF_HUB_OFFLINE": "1", "COLUMNS": "200",
-           "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = dagster_env(home, COLUMNS="200")
     logs = tmp_path / "logs"
 
     def tails() -> str:

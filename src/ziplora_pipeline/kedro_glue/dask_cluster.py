@@ -23,6 +23,15 @@ class DaskCluster:
     worker_pids: set[int]
 
 
+def dagster_env(home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a ``dagster job execute`` and of the dask processes beside it: this one without MLflow's
+    and Kedro's env settings, the Dagster instance at ``home``, offline, and this Python's scripts (``dask``,
+    ``dagster``) on PATH."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "KEDRO_ENV"))}
+    return {**env, "DAGSTER_HOME": str(home), "KEDRO_DISABLE_TELEMETRY": "1", "HF_HUB_OFFLINE": "1",
+            "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{env.get('PATH', '')}", **extra}
+
+
 def _dask(*args: str) -> list[str]:
     cli = Path(sys.executable).with_name("dask")
     return [str(cli), *args] if cli.exists() else [sys.executable, "-m", "dask", *args]

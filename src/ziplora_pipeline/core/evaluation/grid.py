@@ -147,6 +147,12 @@ def pair_name(subject: str, style: str) -> str:
     return f"{subject}{PAIR_SEPARATOR}{style}"
 
 
+def pair_concepts(pair: str) -> tuple[str, str]:
+    """``pair_name``'s inverse: "robot_x_sketch" -> ("robot", "sketch") (concept names never hold the separator)."""
+    subject, style = pair.split(PAIR_SEPARATOR, 1)
+    return subject, style
+
+
 def concept_template(kind: str, c: ConceptConfig) -> str:
     """The concept's DreamBooth prompt template (the one-pair job's defaults unless the concept sets one)."""
     return c.template or ("a {token} {noun}" if kind == "subject" else "a {noun} in {token} style")

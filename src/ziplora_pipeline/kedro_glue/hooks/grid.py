@@ -13,10 +13,10 @@ logger = logging.getLogger(__name__)
 
 def _concept_tags(namespace: str, kind: str) -> dict[str, str]:
     """A pair's run is tagged with its subject and style, a concept's with its name (runs are found by pair)."""
-    from ...core.evaluation.grid import PAIR_SEPARATOR
+    from ...core.evaluation.grid import pair_concepts
 
     if kind == "pair":
-        subject, style = namespace.split(PAIR_SEPARATOR, 1)
+        subject, style = pair_concepts(namespace)
         return {"subject": subject, "style": style}
     return {"concept": namespace}
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
-from ...core.evaluation.grid import PAIR_SEPARATOR
+from ...core.evaluation.grid import pair_concepts
 from ...core.merging.model_card import SAMPLE, sample_settings
 from .tracking import CatalogHooks, saved_path
 
@@ -92,7 +92,7 @@ class ModelRegistryHooks(CatalogHooks):
         """Subject, style, the catalog entries of their LoRAs, and the generation settings of this export."""
         load = self._catalog.load
         if prefix:  # a grid pair "<subject>_x_<style>."
-            subject, style = prefix[:-1].split(PAIR_SEPARATOR, 1)
+            subject, style = pair_concepts(prefix[:-1])
             return subject, style, {"subject": f"{subject}.lora_weights", "style": f"{style}.lora_weights"}, \
                 load("params:grid")
         prep = load("params:data_prep")
@@ -134,7 +134,7 @@ class ModelRegistryHooks(CatalogHooks):
         version = client.get_model_version(name, str(info.registered_model_version))
         tags = {"base_model": base["pretrained_model_name_or_path"], "subject": subject, "style": style,
                 "subject_lora_version": versions["subject"], "style_lora_version": versions["style"],
-                "ziplora_version": os.path.basename(os.path.dirname(artifacts["lora"]))}
+                "ziplora_version": self._catalog.get(files["lora"]).resolve_load_version() or "-"}
         for key, value in tags.items():
             client.set_model_version_tag(name, version.version, key, str(value))
         client.update_model_version(name, version.version, description=(

@@ -41,7 +41,18 @@ def run_name(run_params: dict[str, Any]) -> str:
     return f"{stages} · {str(run_params.get('run_id', ''))[:16]}".rstrip(" ·")
 
 
-class RunTrackingHooks:
+class CatalogHooks:
+    """Hooks that look datasets up in the run's catalog (kept from ``after_catalog_created``)."""
+
+    def __init__(self):
+        self._catalog = None
+
+    @hook_impl
+    def after_catalog_created(self, catalog) -> None:
+        self._catalog = catalog
+
+
+class RunTrackingHooks(CatalogHooks):
     """What kedro-mlflow leaves out of a run: a readable name, a clean ``runner`` tag, ``subject`` / ``style`` tags
     (runs are found by pair: ``search_runs(filter_string="tags.subject = 'robot'")``) and the catalog
     version of every versioned dataset the run loaded (tag ``input_version.<dataset>`` plus an MLflow
@@ -49,12 +60,8 @@ class RunTrackingHooks:
     """
 
     def __init__(self):
-        self._catalog = None
+        super().__init__()
         self._logged: set[str] = set()
-
-    @hook_impl
-    def after_catalog_created(self, catalog) -> None:
-        self._catalog = catalog
 
     @hook_impl(trylast=True)  # after kedro-mlflow's before_pipeline_run has started the run
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
@@ -116,17 +123,6 @@ def _local_source_class():
 
     return next((c for c in dataset_source_registry.get_registered_sources()
                  if c.__name__ == "LocalArtifactDatasetSource"), None)
-
-
-class CatalogHooks:
-    """Hooks that look datasets up in the run's catalog (kept from ``after_catalog_created``)."""
-
-    def __init__(self):
-        self._catalog = None
-
-    @hook_impl
-    def after_catalog_created(self, catalog) -> None:
-        self._catalog = catalog
 
 
 class MlflowArtifactHooks(CatalogHooks):
