@@ -51,7 +51,9 @@ def test_closed_form_equals_the_converged_gradient_solution_of_the_same_objectiv
     m_cᵀ m_s > 0 (the smooth piece): the 2n × 2n solve from the inputs' second moments equals L-BFGS on the
     explicit residuals (dot overlap), to 1e-4."""
     f, X = _layer(seed)
-    solved = solve_layer(f, {k: x.T @ x for k, x in X.items()}, lam, "dot", ridge=0.0)
+    counts = {}
+    solved = solve_layer(f, {k: x.T @ x for k, x in X.items()}, lam, "dot", ridge=0.0, counts=counts)
+    assert counts["kink"] == 0  # one Cholesky solve, no eigendecomposition
     grad = _gradient_solution(f, X, lam, "dot")
     for k in f:
         torch.testing.assert_close(solved[k].double(), grad[k], atol=1e-4, rtol=0)
@@ -65,7 +67,9 @@ def test_a_large_overlap_weight_is_minimised_not_sent_to_a_saddle(seed, lam):
     kink's exact point and local searches on the recorded statistics reach an objective no worse than L-BFGS on
     the explicit residuals from the all-ones start."""
     f, X = _layer(seed)
-    solved = solve_layer(f, {k: x.T @ x for k, x in X.items()}, lam, "dot", ridge=0.0)
+    counts = {}
+    solved = solve_layer(f, {k: x.T @ x for k, x in X.items()}, lam, "dot", ridge=0.0, counts=counts)
+    assert counts["kink"] == 1  # the eigenbasis path
     grad = _gradient_solution(f, X, lam, "dot")
     assert layer_objective(solved, f, X, lam).item() <= layer_objective(grad, f, X, lam).item() + 1e-6
 

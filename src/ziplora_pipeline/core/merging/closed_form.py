@@ -20,9 +20,10 @@ minimiser is one symmetric 2n × 2n solve:
 (e_1 = [1; 0], e_2 = [0; 1]; ρ ‖m − 1‖² a ridge that keeps the mergers of directions no input reaches at the
 all-ones start). The paper's term is |m_cᵀ m_s|, and at the paper's λ the system above is indefinite in nearly
 every layer (its smallest eigenvalue is below λ/2), so the minimum lies on the kink m_cᵀ m_s = 0. Both are solved
-exactly (``_Quadratic.dot_minimum``): one Cholesky factorisation and one 2n × 2n eigendecomposition per layer turn
-every solve of the family (P + ν/2 J) m = r into a scalar equation in ν, the kink's multiplier is its root, and the
-global minimum is the lowest of at most three candidates. For the overlap forms that are not quadratic
+exactly (``_Quadratic.dot_minimum``): where a convex piece holds the minimum, one Cholesky factorisation; on the
+kink, one 2n × 2n eigendecomposition turns every solve of the family (P + ν/2 J) m = r into a scalar equation in ν
+whose root is the kink's multiplier. With a larger ridge (the mergers held nearer the direct merge) fewer layers
+reach the kink, and the solve is cheaper. For the overlap forms that are not quadratic
 (``cosine``, ``mean_product``): a few L-BFGS iterations on the same recorded statistics from two starts (the dot
 form's exact minimiser at the weight that matches the form's penalty, and the reconstruction terms' minimiser),
 still without a UNet pass. The closest
@@ -157,7 +158,7 @@ def _overlap(mc: torch.Tensor, ms: torch.Tensor, form: str) -> torch.Tensor:
 
 def solve_layer(factors: dict[str, LoraFactors], moments: dict[str, torch.Tensor], lambda_overlap: float,
                 overlap: str = "dot", normalize: bool = True, ridge: float = 1e-6, refine_steps: int = 20,
-                where: str = "layer") -> dict[str, torch.Tensor]:
+                where: str = "layer", counts: dict | None = None) -> dict[str, torch.Tensor]:
     """{"subject" | "style": m (n,)} minimising the layer's Eq. 3 (module docstring) for two adapters.
 
     Args:
@@ -165,6 +166,7 @@ def solve_layer(factors: dict[str, LoraFactors], moments: dict[str, torch.Tensor
         moments: {"subject": C_c, "style": C_s} (n, n), its inputs' Σ x xᵀ under each concept's model.
         ridge: ρ relative to the mean diagonal of the system (a singular C is named in a warning).
         refine_steps: L-BFGS iterations on the recorded statistics for the overlap forms that are not quadratic.
+        counts: if given, ``counts["kink"]`` is incremented when the layer needed the kink's eigendecomposition.
     """
     names = list(factors)
     if len(names) == 1:
@@ -202,7 +204,7 @@ def solve_layer(factors: dict[str, LoraFactors], moments: dict[str, torch.Tensor
     # the ridge ρ ‖m − 1‖² pulls directions the statistics do not see back to the all-ones start (the direct merge)
     rho = ridge * scale
     quad = _Quadratic(system, rhs, constant, rho, blocks[c], blocks[s], where)
-    if quad.singular:
+    if any(_singular(moments[n]) for n in names):
         logger.warning("%s: singular input statistics; the ridge (%.1e × mean diagonal) keeps the mergers of the "
                        "directions without data at 1", where, ridge)
     if lambda_overlap <= 0:
@@ -214,14 +216,26 @@ def solve_layer(factors: dict[str, LoraFactors], moments: dict[str, torch.Tensor
         starts = [quad.dot_minimum(quad.equivalent_dot_weight(lambda_overlap, overlap)), quad.reconstruction_minimum]
         m = min((quad.refine(x, lambda_overlap, overlap, refine_steps) for x in starts),
                 key=lambda x: float(quad.objective(x, lambda_overlap, overlap)))
+    if counts is not None:
+        counts["kink"] = counts.get("kink", 0) + int(quad.eigendecomposed)
     if not torch.isfinite(m).all():
         raise ValueError(f"{where}: the closed-form solve gave non-finite mergers (statistics with NaN/inf?).")
     return {c: m[blocks[c]].float().cpu(), s: m[blocks[s]].float().cpu()}
 
 
+def _singular(C: torch.Tensor) -> bool:
+    """Whether a second-moment matrix (n, n) is numerically singular: one n × n Cholesky factorisation (an eighth of
+    the layer's 2n × 2n one). This is what the warning names; the ridge also covers a system that is near-singular
+    for other reasons (two LoRAs with nearly parallel columns)."""
+    bare = torch.linalg.cholesky_ex(C.to(torch.float64))
+    pivots = bare.L.diagonal().abs()
+    return bool(bare.info != 0 or pivots.min() ** 2 < pivots.max() ** 2 * C.shape[0] * torch.finfo(torch.float64).eps)
+
+
 class _Quadratic:
     """One layer's reconstruction terms plus the ridge, Q(m) = mᵀ P m − 2 rᵀ m + const (P = S + ρ I, r = rhs + ρ 1),
-    and the family of dot-form solves m(ν) = (P + ν/2 J)⁻¹ r in one eigenbasis.
+    and the family of dot-form solves m(ν) = (P + ν/2 J)⁻¹ r: one Cholesky factorisation each (``solve``) or, on the
+    kink, all of them in one eigenbasis (``_eigen``).
 
     With P = L Lᵀ (Cholesky) and L⁻¹ J L⁻ᵀ = V diag(μ) Vᵀ (one 2n × 2n eigendecomposition), P + ν/2 J =
     L V diag(1 + ν μ / 2) Vᵀ Lᵀ: every m(ν) is L⁻ᵀ V z(ν) with z_i = w_i / (1 + ν μ_i / 2), w = Vᵀ L⁻¹ r, and
@@ -236,37 +250,64 @@ class _Quadratic:
         self.P = system + rho * torch.eye(n2, dtype=torch.float64, device=system.device)
         self.r = rhs + rho
         self.constant = constant + rho * n2  # Σ_i t_iᵀ K_i t_i / e_i + ρ ‖1‖²
-        bare = torch.linalg.cholesky_ex(system)  # is S itself (without the ridge) numerically positive definite?
-        pivots = bare.L.diagonal().abs()
-        self.singular = bool(bare.info != 0 or pivots.min() ** 2 < pivots.max() ** 2 * n2 * torch.finfo(
-            torch.float64).eps)
-        self.L, info = torch.linalg.cholesky_ex(self.P)
+        self.eigendecomposed = False  # whether the kink's eigenbasis was needed (the costly part; see ``_eigen``)
+
+    @functools.cached_property
+    def L(self) -> torch.Tensor:
+        """P = L Lᵀ: needed by the reconstruction minimiser and the kink, not by a convex piece's minimiser."""
+        L, info = torch.linalg.cholesky_ex(self.P)
         if info != 0:
-            raise ValueError(f"{where}: the closed-form system is not positive definite even with the ridge "
-                             f"(ρ = {rho:.3g}); raise merge.closed_form_ridge.")
-        J = torch.zeros(n2, n2, dtype=torch.float64, device=system.device)
+            raise ValueError(f"{self.where}: the closed-form system is not positive definite even with the ridge "
+                             f"(ρ = {self.rho:.3g}); raise merge.closed_form_ridge.")
+        return L
+
+    def solve(self, nu: float) -> torch.Tensor | None:
+        """m(ν) = (P + ν/2 J)⁻¹ r by one Cholesky factorisation (2n × 2n), or None where P + ν/2 J is not positive
+        definite. J = [[0, I], [I, 0]] only adds ν/2 to the diagonals of the off-diagonal blocks."""
+        if nu == 0.0:
+            return torch.cholesky_solve(self.r[:, None], self.L)[:, 0]
+        A = self.P.clone()
+        idx = torch.arange(self.bc.start, self.bc.stop, device=A.device)
+        jdx = torch.arange(self.bs.start, self.bs.stop, device=A.device)
+        A[idx, jdx] += nu / 2
+        A[jdx, idx] += nu / 2
+        L, info = torch.linalg.cholesky_ex(A)
+        return None if info != 0 else torch.cholesky_solve(self.r[:, None], L)[:, 0]
+
+    @functools.cached_property
+    def _eigen(self):
+        """L⁻¹ J L⁻ᵀ = V diag(μ) Vᵀ and w = Vᵀ L⁻¹ r: only the kink needs them (one O((2n)³) eigendecomposition,
+        10-20× a Cholesky factorisation on a CPU, so it is computed only when no convex piece holds the minimum)."""
+        self.eigendecomposed = True
+        n2 = self.P.shape[0]
         n = n2 // 2
-        J[bc, bs] = torch.eye(n, dtype=torch.float64, device=system.device)
-        J[bs, bc] = torch.eye(n, dtype=torch.float64, device=system.device)
+        J = torch.zeros(n2, n2, dtype=torch.float64, device=self.P.device)
+        J[self.bc, self.bs] = torch.eye(n, dtype=torch.float64, device=self.P.device)
+        J[self.bs, self.bc] = torch.eye(n, dtype=torch.float64, device=self.P.device)
         Linv_J = torch.linalg.solve_triangular(self.L, J, upper=False)  # L⁻¹ J
         M = torch.linalg.solve_triangular(self.L, Linv_J.T, upper=False)  # L⁻¹ (L⁻¹ J)ᵀ = L⁻¹ J L⁻ᵀ
-        self.mu, self.V = torch.linalg.eigh((M + M.T) / 2)
-        self.w = self.V.T @ torch.linalg.solve_triangular(self.L, self.r[:, None], upper=False)[:, 0]
-        self._mu, self._w = self.mu.cpu().numpy(), self.w.cpu().numpy()
-        mu_min, mu_max = float(self.mu[0]), float(self.mu[-1])
-        self.interval = (-2 / mu_max, -2 / mu_min)  # where P + ν/2 J is positive definite
+        mu, V = torch.linalg.eigh((M + M.T) / 2)
+        w = V.T @ torch.linalg.solve_triangular(self.L, self.r[:, None], upper=False)[:, 0]
+        interval = (-2 / float(mu[-1]), -2 / float(mu[0]))  # where P + ν/2 J is positive definite
+        return mu, V, w, mu.cpu().numpy(), w.cpu().numpy(), interval
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return self._eigen[5]
 
     def z(self, nu: float) -> torch.Tensor:
-        return self.w / (1 + nu * self.mu / 2)
+        mu, _, w = self._eigen[:3]
+        return w / (1 + nu * mu / 2)
 
     def d(self, nu: float) -> float:
         # the scalar secular function, evaluated ~50 times per layer by the bisection: numpy on the CPU copies
         # (a few µs per call for 2n = 4096; torch's per-op overhead dominated the toy model's solve)
-        z = self._w / (1 + nu * self._mu / 2)
-        return float(0.5 * np.dot(self._mu, z * z))
+        mu, w = self._eigen[3:5]
+        z = w / (1 + nu * mu / 2)
+        return float(0.5 * np.dot(mu, z * z))
 
     def m_of_z(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.linalg.solve_triangular(self.L.T, (self.V @ z)[:, None], upper=True)[:, 0]  # L⁻ᵀ V z
+        return torch.linalg.solve_triangular(self.L.T, (self._eigen[1] @ z)[:, None], upper=True)[:, 0]  # L⁻ᵀ V z
 
     def at(self, nu: float) -> torch.Tensor:
         return self.m_of_z(self.z(nu))
@@ -274,7 +315,7 @@ class _Quadratic:
     @functools.cached_property
     def reconstruction_minimum(self) -> torch.Tensor:
         """m(0): the reconstruction terms' (and the ridge's) minimiser, asked for by several starts."""
-        return self.at(0.0)
+        return self.solve(0.0)
 
     def objective(self, m: torch.Tensor, lam: float, form: str) -> torch.Tensor:
         """Σ_i (m − t_i)ᵀ K_i (m − t_i) / e_i + ρ ‖m − 1‖² + λ overlap(m_c, m_s)."""
@@ -283,20 +324,20 @@ class _Quadratic:
     def dot_minimum(self, lam: float, iterations: int = 100) -> torch.Tensor:
         """The global minimiser of Q + λ |m_cᵀ m_s|, exactly.
 
-        The objective is Q + λ d on d ≥ 0 and Q − λ d on d ≤ 0. A piece whose Hessian P ± λ/2 J is positive
-        definite may have its minimum inside, at m(±λ) (valid where the sign of d(±λ) agrees); a piece whose
-        Hessian is indefinite has none inside (an indefinite quadratic has no local minimum in an open set), so
-        its minimum lies on the kink d = 0. The minimum of Q on d = 0 is a quadratic problem with one quadratic
-        equality constraint, for which the S-lemma gives strong duality: m(ν*) with ν* the root of d(ν) on the
-        positive-definite interval (d is strictly decreasing there, from +∞ to −∞ unless the data miss an end's
-        eigenvector). The lowest objective among these candidates is the global minimum.
+        The objective is Q + λ d on d ≥ 0 and Q − λ d on d ≤ 0, and Q ± λ d ≤ Q + λ |d| everywhere. So where
+        P ± λ/2 J is positive definite and its minimiser m(±λ) has d of the matching sign, m(±λ) is the global
+        minimum (one Cholesky factorisation). Otherwise neither piece has its minimum inside (a convex piece's
+        unconstrained minimiser lies on the other side; an indefinite quadratic has no local minimum in an open set),
+        so the minimum lies on the kink d = 0: a quadratic problem with one quadratic equality constraint, for which
+        the S-lemma gives strong duality: m(ν*) with ν* the root of d(ν) on the positive-definite interval (d is
+        strictly decreasing there, from +∞ to −∞ unless the data miss an end's eigenvector), found in the
+        eigenbasis (``_eigen``).
         """
+        for nu in (lam, -lam):
+            m = self.solve(nu)
+            if m is not None and nu * float(m[self.bc] @ m[self.bs]) >= 0:
+                return m
         lo, hi = self.interval
-        candidates = []
-        if lam < hi and self.d(lam) >= 0:
-            candidates.append(self.at(lam))
-        if -lam > lo and self.d(-lam) <= 0:
-            candidates.append(self.at(-lam))
         # the kink: bisection for d(ν) = 0 inside (lo, hi), in the bracket's relative width
         a, b = lo + (hi - lo) * 1e-12, hi - (hi - lo) * 1e-12
         if self.d(a) > 0 > self.d(b):
@@ -305,13 +346,10 @@ class _Quadratic:
                 a, b = (mid, b) if self.d(mid) > 0 else (a, mid)
                 if b - a <= 1e-15 * max(abs(a), abs(b), 1e-300):
                     break
-            candidates.append(self.at((a + b) / 2))
-        else:  # the "hard case" of trust-region theory (d stays finite at an end): a local search instead
-            logger.debug("%s: no root of the kink's secular equation; local search on the statistics", self.where)
-            start = min(candidates, key=lambda m: float(self.objective(m, lam, "dot")),
-                        default=self.reconstruction_minimum)
-            candidates.append(self.refine(start, lam, "dot", 50))
-        return min(candidates, key=lambda m: float(self.objective(m, lam, "dot")))
+            return self.at((a + b) / 2)
+        # the "hard case" of trust-region theory (d stays finite at an end): a local search instead
+        logger.debug("%s: no root of the kink's secular equation; local search on the statistics", self.where)
+        return self.refine(self.reconstruction_minimum, lam, "dot", 50)
 
     def equivalent_dot_weight(self, lam: float, form: str) -> float:
         """The dot form's weight whose penalty matches ``form``'s at the reconstruction minimiser: cosine divides
@@ -408,17 +446,21 @@ def solve_all(loras: dict[str, dict[str, LoraFactors]], stats: dict[str, Concept
             if n in stats and path in stats[n].group_of:
                 key = (n, stats[n].group_of[path])
                 users[key] = users.get(key, 0) + 1
-    mergers = {}
+    mergers, counts = {}, {}
     for path in paths:
         factors = {n: loras[n][path] for n in names_at[path]}
         moments = {n: stats[n].of(path) for n in factors if n in stats and stats[n].of(path) is not None}
-        solved = solve_layer(factors, moments, lambda_overlap, overlap, normalize, ridge, where=path)
+        solved = solve_layer(factors, moments, lambda_overlap, overlap, normalize, ridge, where=path, counts=counts)
         mergers.update({f"{path}.{n}": m for n, m in solved.items()})
         for n in moments:
             key = (n, stats[n].group_of[path])
             users[key] -= 1
             if users[key] == 0:
                 stats[n].moments.pop(key[1], None)
+    shared = sum(len(names_at[p]) == 2 for p in paths)
+    logger.info("Closed form: %d layers solved, %d of the %d both LoRAs adapt on the overlap's kink (an "
+                "eigendecomposition each; the others one Cholesky factorisation)", len(paths), counts.get("kink", 0),
+                shared)
     return mergers
 
 
