@@ -269,12 +269,13 @@ def solver_run(job, unet, inputs, loras, device, solver: str, sched) -> dict:
                                          job["stats_batch"], 0) for n in loras}
         sync()
         t1 = time.perf_counter()
-        solve_all(loras, stats, 0.01, "dot", True, 1e-6)
+        counts = {}
+        solve_all(loras, stats, 0.01, "dot", True, job["ridge"], counts=counts)
         sync()
         t2 = time.perf_counter()
     finally:
         detach_ziplora(unet, wrappers)
-    return {"seconds": t2 - t0, "stats_s": t1 - t0, "solve_s": t2 - t1}
+    return {"seconds": t2 - t0, "stats_s": t1 - t0, "solve_s": t2 - t1, "kink_layers": counts["kink"]}
 
 
 def solvers_worker(job: dict) -> dict:
@@ -404,9 +405,10 @@ def measure(name: str, spec: dict, resolution: int, rank: int, repeats: int, ste
 
 
 def measure_solvers(name: str, spec: dict, resolution: int, rank: int, repeats: int, gradient_steps: int,
-                    draws: int, stats_batch: int) -> dict:
+                    draws: int, stats_batch: int, ridge: float) -> dict:
     job = {"model": name, "spec": spec, "resolution": resolution, "rank": rank, "repeats": repeats,
-           "gradient_steps": gradient_steps, "draws": draws, "stats_batch": stats_batch, "timeout": 7200}
+           "gradient_steps": gradient_steps, "draws": draws, "stats_batch": stats_batch, "ridge": ridge,
+           "timeout": 7200}
     timing = spawn({**job, "mode": "solver_time"})
     runs = timing.pop("runs")
     grad = [r["seconds"] if gradient_steps >= 100 else 100 * statistics.median(r["step_s"]) for r in runs["gradient"]]
@@ -430,10 +432,11 @@ def measure_solvers(name: str, spec: dict, resolution: int, rank: int, repeats: 
                                "step_median_s": round(statistics.median(
                                    [x for r in runs["gradient"] for x in r["step_s"]]), 4)},
         "closed_form": {**c, "stats_s": [round(r["stats_s"], 3) for r in runs["closed_form"]],
-                        "solve_s": [round(r["solve_s"], 3) for r in runs["closed_form"]]},
+                        "solve_s": [round(r["solve_s"], 3) for r in runs["closed_form"]],
+                        "kink_layers": runs["closed_form"][0]["kink_layers"]},
         "peak_mb_above_model": {"gradient_checkpointing_2_steps": round(mem["gradient"], 1) if mem["gradient"] else None,
                                 "closed_form": round(mem["closed_form"], 1) if mem["closed_form"] else None},
-        "draws_per_concept": draws, "stats_batch": stats_batch, "rank": rank, "resolution": resolution,
+        "draws_per_concept": draws, "stats_batch": stats_batch, "ridge": ridge, "rank": rank, "resolution": resolution,
         "repeats": repeats, **timing,
     }
 
@@ -447,6 +450,8 @@ def main(argv=None) -> int:
     p.add_argument("--merge-steps", type=int, help="steps of the fp32/bf16 merges on the large model (0: skip)")
     p.add_argument("--solvers", action="store_true", help="a whole merge: the 100-step optimiser vs the closed form")
     p.add_argument("--gradient-steps", type=int, help="--solvers: optimiser steps measured (100 = a whole merge)")
+    p.add_argument("--ridge", type=float, help="--solvers: the closed form's ridge (default: the "
+                   "ziplora_closed_form method's); it decides how many layers reach the kink, the costly solve")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
@@ -457,12 +462,16 @@ def main(argv=None) -> int:
     models = {**(QUICK_MODELS if args.quick else MODELS), "toy": ({}, 64, 3)}
     results = {}
     if args.solvers:
+        from ziplora_pipeline.core.merging.ziplora_closed_form import ZipLoraClosedFormOptions
+
+        ridge = args.ridge if args.ridge is not None else ZipLoraClosedFormOptions().ridge
         for name in args.models.split(","):
             spec, resolution, _ = models[name]
             rank = 8 if name == "toy" else 4 if (name == "tiny" or args.quick) else 64
             steps = args.gradient_steps or (100 if name in ("toy", "tiny") and not args.quick else 5)
             results[name] = measure_solvers(name, spec, resolution, rank, args.repeats or (2 if args.quick else 3),
-                                            steps, draws=4 if args.quick else 16, stats_batch=4 if name == "large" else 16)
+                                            steps, draws=4 if args.quick else 16, stats_batch=4 if name == "large" else 16,
+                                            ridge=ridge)
             logger.info("%s: %s", name, json.dumps(results[name]))
         print(json.dumps(results))
         return 0

@@ -223,13 +223,26 @@ def solve_layer(factors: dict[str, LoraFactors], moments: dict[str, torch.Tensor
     return {c: m[blocks[c]].float().cpu(), s: m[blocks[s]].float().cpu()}
 
 
+# id(C) -> (weakref to C, singular?): layers sharing an input share C (by identity; a WeakKeyDictionary would compare
+# tensors with ==, elementwise)
+_SINGULAR: dict[int, tuple[weakref.ref, bool]] = {}
+
+
 def _singular(C: torch.Tensor) -> bool:
     """Whether a second-moment matrix (n, n) is numerically singular: one n × n Cholesky factorisation (an eighth of
     the layer's 2n × 2n one). This is what the warning names; the ridge also covers a system that is near-singular
-    for other reasons (two LoRAs with nearly parallel columns)."""
+    for other reasons (two LoRAs with nearly parallel columns). Computed once per matrix: all of a concept's
+    cross-attention to_k / to_v layers read the same prompt embeddings, so share one C."""
+    cached = _SINGULAR.get(id(C))
+    if cached is not None and cached[0]() is C:
+        return cached[1]
     bare = torch.linalg.cholesky_ex(C.to(torch.float64))
     pivots = bare.L.diagonal().abs()
-    return bool(bare.info != 0 or pivots.min() ** 2 < pivots.max() ** 2 * C.shape[0] * torch.finfo(torch.float64).eps)
+    singular = bool(bare.info != 0 or pivots.min() ** 2 < pivots.max() ** 2 * C.shape[0] * torch.finfo(
+        torch.float64).eps)
+    key = id(C)
+    _SINGULAR[key] = (weakref.ref(C, lambda _, key=key: _SINGULAR.pop(key, None)), singular)
+    return singular
 
 
 class _Quadratic:
@@ -434,10 +447,12 @@ def record_alone(unet, factors: dict[str, LoraFactors], name: str, inputs, sched
 
 @torch.no_grad()
 def solve_all(loras: dict[str, dict[str, LoraFactors]], stats: dict[str, ConceptStats], lambda_overlap: float,
-              overlap: str = "dot", normalize: bool = True, ridge: float = 1e-6) -> dict[str, torch.Tensor]:
+              overlap: str = "dot", normalize: bool = True, ridge: float = 1e-6,
+              counts: dict | None = None) -> dict[str, torch.Tensor]:
     """Every adapted layer solved (``solve_layer``): the merger file's ``{"<path>.<name>": m (in,)}`` (the layers
     one LoRA alone adapts keep m = 1). Each concept's matrix is released once the last layer reading it is solved,
-    so the peak is the statistics plus one layer's 2n × 2n system in fp64; ``stats`` is emptied."""
+    so the peak is the statistics plus one layer's 2n × 2n system in fp64; ``stats`` is emptied. ``counts``, if
+    given, receives {"kink": layers solved on the overlap's kink, "shared": layers both LoRAs adapt}."""
     paths = list(dict.fromkeys(p for f in loras.values() for p in f))
     names_at = {p: [n for n in loras if p in loras[n]] for p in paths}
     users: dict[tuple[str, str], int] = {}
@@ -446,7 +461,7 @@ def solve_all(loras: dict[str, dict[str, LoraFactors]], stats: dict[str, Concept
             if n in stats and path in stats[n].group_of:
                 key = (n, stats[n].group_of[path])
                 users[key] = users.get(key, 0) + 1
-    mergers, counts = {}, {}
+    mergers, counts = {}, counts if counts is not None else {}
     for path in paths:
         factors = {n: loras[n][path] for n in names_at[path]}
         moments = {n: stats[n].of(path) for n in factors if n in stats and stats[n].of(path) is not None}
@@ -457,10 +472,11 @@ def solve_all(loras: dict[str, dict[str, LoraFactors]], stats: dict[str, Concept
             users[key] -= 1
             if users[key] == 0:
                 stats[n].moments.pop(key[1], None)
-    shared = sum(len(names_at[p]) == 2 for p in paths)
+    counts["shared"] = sum(len(names_at[p]) == 2 for p in paths)
+    counts.setdefault("kink", 0)
     logger.info("Closed form: %d layers solved, %d of the %d both LoRAs adapt on the overlap's kink (an "
-                "eigendecomposition each; the others one Cholesky factorisation)", len(paths), counts.get("kink", 0),
-                shared)
+                "eigendecomposition each; the others one Cholesky factorisation)", len(paths), counts["kink"],
+                counts["shared"])
     return mergers
 
 
