@@ -9,8 +9,8 @@ import torch
 from ziplora_pipeline.core.diffusion.base_model import load_base_pipeline
 from ziplora_pipeline.core.diffusion.sdxl import encode_concept, training_scheduler
 from ziplora_pipeline.core.lora.factors import LoraFactors
-from ziplora_pipeline.core.merging.closed_form import (ConceptStats, _Recorder, layer_objective, solve_all,
-                                                       solve_layer)
+from ziplora_pipeline.core.merging.closed_form import (ConceptStats, _Recorder, descend_layers, layer_objective,
+                                                       layer_quadratic, solve_all, solve_layer)
 from ziplora_pipeline.core.merging.export import factors_to_lora_file, merged_factors
 from ziplora_pipeline.core.merging.optimise import MergeConfig, ziplora_merge
 from ziplora_pipeline.datasets.lora_safetensors import LoraSafetensorsDataset
@@ -211,3 +211,29 @@ def test_refine_steps_start_the_optimiser_from_the_closed_form(trained, base_cfg
     assert diff > 1e-6  # the optimiser moved the mergers (folded into A)
     with pytest.raises(ValueError, match="refine_steps 3.*needs the base pipeline"):
         hybrid.build(trained["ctx"])
+
+
+@pytest.mark.parametrize("form", ["dot", "cosine"])
+def test_local_steps_are_adam_on_the_explicit_layer_objective_one_per_layer(form):
+    """``local_steps`` (ours): Adam from all ones on each layer's recorded objective, layers of one size stepped as
+    one batch, equals Adam on the explicit residuals (layer_objective) of each layer alone."""
+    layers = [_layer(seed) for seed in range(3)] + [_layer(7, n=4)]
+    moments = [{k: x.T @ x for k, x in X.items()} for _, X in layers]
+    quads = [layer_quadratic(f, C, ridge=0.0) for (f, _), C in zip(layers, moments)]
+    batched = descend_layers(quads, 0.01, form, 30, 0.01)
+    for (f, X), q, got in zip(layers, quads, batched):
+        n = X["subject"].shape[1]
+        m = {k: torch.ones(n, dtype=torch.float64, requires_grad=True) for k in f}
+        opt = torch.optim.Adam(list(m.values()), lr=0.01)
+        for _ in range(30):
+            opt.zero_grad()
+            layer_objective(m, f, X, 0.01, form).backward()
+            opt.step()
+        torch.testing.assert_close(got[q.bc], m["subject"].detach(), atol=1e-9, rtol=0)
+        torch.testing.assert_close(got[q.bs], m["style"].detach(), atol=1e-9, rtol=0)
+    # solve_all gives the same through the method's path
+    via_all = solve_all({k: {f"l{i}": f[k] for i, (f, _) in enumerate(layers)} for k in ("subject", "style")},
+                        {k: ConceptStats(moments={f"l{i}": C[k] for i, C in enumerate(moments)},
+                                         group_of={f"l{i}": f"l{i}" for i in range(len(layers))})
+                         for k in ("subject", "style")}, 0.01, form, ridge=0.0, local_steps=30)
+    torch.testing.assert_close(via_all["l3.style"], batched[3][quads[3].bs].float())

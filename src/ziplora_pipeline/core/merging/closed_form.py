@@ -156,21 +156,11 @@ def _overlap(mc: torch.Tensor, ms: torch.Tensor, form: str) -> torch.Tensor:
     return overlap_terms(mc[None], ms[None], form)[0]
 
 
-def solve_layer(factors: dict[str, LoraFactors], moments: dict[str, torch.Tensor], lambda_overlap: float,
-                overlap: str = "dot", normalize: bool = True, ridge: float = 1e-6, refine_steps: int = 20,
-                where: str = "layer", counts: dict | None = None) -> dict[str, torch.Tensor]:
-    """{"subject" | "style": m (n,)} minimising the layer's Eq. 3 (module docstring) for two adapters.
-
-    Args:
-        factors: {"subject": f_c, "style": f_s} of this layer; a layer one LoRA alone adapts keeps m = 1.
-        moments: {"subject": C_c, "style": C_s} (n, n), its inputs' Σ x xᵀ under each concept's model.
-        ridge: ρ relative to the mean diagonal of the system (a singular C is named in a warning).
-        refine_steps: L-BFGS iterations on the recorded statistics for the overlap forms that are not quadratic.
-        counts: if given, ``counts["kink"]`` is incremented when the layer needed the kink's eigendecomposition.
-    """
+def layer_quadratic(factors: dict[str, LoraFactors], moments: dict[str, torch.Tensor], normalize: bool = True,
+                    ridge: float = 1e-6, where: str = "layer") -> _Quadratic:
+    """The layer's reconstruction terms and ridge as a quadratic in m = [m_c; m_s] (2n,) (module docstring), for
+    two adapters ({"subject": f_c, "style": f_s}) and their concepts' input moments {"subject": C_c, ...} (n, n)."""
     names = list(factors)
-    if len(names) == 1:
-        return {names[0]: torch.ones(factors[names[0]].A.shape[1])}
     if len(names) != 2:
         raise ValueError(f"{where}: the closed-form merge takes two LoRAs, got {names}.")
     c, s = names
@@ -207,7 +197,59 @@ def solve_layer(factors: dict[str, LoraFactors], moments: dict[str, torch.Tensor
     if any(_singular(moments[n]) for n in names):
         logger.warning("%s: singular input statistics; the ridge (%.1e × mean diagonal) keeps the mergers of the "
                        "directions without data at 1", where, ridge)
-    if lambda_overlap <= 0:
+    return quad
+
+
+def descend_layers(quads: list[_Quadratic], lam: float, form: str, steps: int, lr: float) -> list[torch.Tensor]:
+    """``steps`` of Adam (lr ``lr``, the merge stage's optimiser) from all ones on each layer's recorded objective
+    Q + λ overlap (ours): a matrix-vector product per layer and step, no UNet pass. Layers of one size are stepped
+    as one batch: the objectives are separate and Adam's update is per coordinate, so this is exactly one Adam per
+    layer."""
+    out: list[torch.Tensor | None] = [None] * len(quads)
+    by_size: dict[int, list[int]] = {}
+    for i, q in enumerate(quads):
+        by_size.setdefault(q.P.shape[0], []).append(i)
+    for n2, idx in by_size.items():
+        P = torch.stack([quads[i].P for i in idx])  # (L, 2n, 2n)
+        r = torch.stack([quads[i].r for i in idx])  # (L, 2n)
+        bc, bs = quads[idx[0]].bc, quads[idx[0]].bs
+        m = torch.ones(len(idx), n2, dtype=P.dtype, device=P.device, requires_grad=True)
+        opt = torch.optim.Adam([m], lr=lr)
+        with torch.enable_grad():
+            for _ in range(steps):
+                opt.zero_grad()
+                quad_terms = (torch.bmm(P, m[:, :, None])[:, :, 0] * m).sum() - 2 * (r * m).sum()
+                (quad_terms + lam * overlap_terms(m[:, bc], m[:, bs], form).sum()).backward()
+                opt.step()
+        for j, i in enumerate(idx):
+            out[i] = m[j].detach()
+    return out
+
+
+def solve_layer(factors: dict[str, LoraFactors], moments: dict[str, torch.Tensor], lambda_overlap: float,
+                overlap: str = "dot", normalize: bool = True, ridge: float = 1e-6, refine_steps: int = 20,
+                where: str = "layer", counts: dict | None = None, local_steps: int = 0,
+                local_lr: float = 0.01) -> dict[str, torch.Tensor]:
+    """{"subject" | "style": m (n,)} minimising the layer's Eq. 3 (module docstring) for two adapters.
+
+    Args:
+        factors: {"subject": f_c, "style": f_s} of this layer; a layer one LoRA alone adapts keeps m = 1.
+        moments: {"subject": C_c, "style": C_s} (n, n), its inputs' Σ x xᵀ under each concept's model.
+        ridge: ρ relative to the mean diagonal of the system (a singular C is named in a warning).
+        refine_steps: L-BFGS iterations on the recorded statistics for the overlap forms that are not quadratic.
+        counts: if given, ``counts["kink"]`` is incremented when the layer needed the kink's eigendecomposition.
+        local_steps: > 0: instead of the minimiser, ``local_steps`` Adam steps (lr ``local_lr``) from all ones on the
+            same recorded objective (ours: the 100-step optimiser's early stop, asked of each layer).
+    """
+    names = list(factors)
+    if len(names) == 1:
+        return {names[0]: torch.ones(factors[names[0]].A.shape[1])}
+    quad = layer_quadratic(factors, moments, normalize, ridge, where)
+    c, s = names
+    blocks = {c: quad.bc, s: quad.bs}
+    if local_steps:
+        m = descend_layers([quad], lambda_overlap, overlap, local_steps, local_lr)[0]
+    elif lambda_overlap <= 0:
         m = quad.reconstruction_minimum
     elif overlap == "dot":
         m = quad.dot_minimum(lambda_overlap)
@@ -226,6 +268,7 @@ def solve_layer(factors: dict[str, LoraFactors], moments: dict[str, torch.Tensor
 # id(C) -> (weakref to C, singular?): layers sharing an input share C (by identity; a WeakKeyDictionary would compare
 # tensors with ==, elementwise)
 _SINGULAR: dict[int, tuple[weakref.ref, bool]] = {}
+LOCAL_BATCH_BYTES = 1 << 30  # local_steps: the fp64 systems held at once to be stepped as one batch
 
 
 def _singular(C: torch.Tensor) -> bool:
@@ -448,7 +491,7 @@ def record_alone(unet, factors: dict[str, LoraFactors], name: str, inputs, sched
 @torch.no_grad()
 def solve_all(loras: dict[str, dict[str, LoraFactors]], stats: dict[str, ConceptStats], lambda_overlap: float,
               overlap: str = "dot", normalize: bool = True, ridge: float = 1e-6,
-              counts: dict | None = None) -> dict[str, torch.Tensor]:
+              counts: dict | None = None, local_steps: int = 0, local_lr: float = 0.01) -> dict[str, torch.Tensor]:
     """Every adapted layer solved (``solve_layer``): the merger file's ``{"<path>.<name>": m (in,)}`` (the layers
     one LoRA alone adapts keep m = 1). Each concept's matrix is released once the last layer reading it is solved,
     so the peak is the statistics plus one layer's 2n × 2n system in fp64; ``stats`` is emptied. ``counts``, if
@@ -462,16 +505,35 @@ def solve_all(loras: dict[str, dict[str, LoraFactors]], stats: dict[str, Concept
                 key = (n, stats[n].group_of[path])
                 users[key] = users.get(key, 0) + 1
     mergers, counts = {}, counts if counts is not None else {}
+    pending: list[tuple[str, list[str], _Quadratic]] = []  # local_steps: layers stepped together (descend_layers)
+
+    def flush():
+        for (where, names, quad), m in zip(pending, descend_layers([q for *_, q in pending], lambda_overlap, overlap,
+                                                                   local_steps, local_lr)):
+            if not torch.isfinite(m).all():
+                raise ValueError(f"{where}: the closed-form solve gave non-finite mergers (statistics with NaN/inf?).")
+            mergers.update({f"{where}.{names[0]}": m[quad.bc].float().cpu(),
+                            f"{where}.{names[1]}": m[quad.bs].float().cpu()})
+        pending.clear()
+
     for path in paths:
         factors = {n: loras[n][path] for n in names_at[path]}
         moments = {n: stats[n].of(path) for n in factors if n in stats and stats[n].of(path) is not None}
-        solved = solve_layer(factors, moments, lambda_overlap, overlap, normalize, ridge, where=path, counts=counts)
-        mergers.update({f"{path}.{n}": m for n, m in solved.items()})
+        if local_steps and len(factors) == 2:
+            pending.append((path, list(factors), layer_quadratic(factors, moments, normalize, ridge, path)))
+            if sum(q.P.numel() for *_, q in pending) * 8 > LOCAL_BATCH_BYTES:
+                flush()
+        else:
+            solved = solve_layer(factors, moments, lambda_overlap, overlap, normalize, ridge, where=path,
+                                 counts=counts, local_steps=local_steps, local_lr=local_lr)
+            mergers.update({f"{path}.{n}": m for n, m in solved.items()})
         for n in moments:
             key = (n, stats[n].group_of[path])
             users[key] -= 1
             if users[key] == 0:
                 stats[n].moments.pop(key[1], None)
+    flush()
+    mergers = {f"{p}.{n}": mergers[f"{p}.{n}"] for p in paths for n in names_at[p]}  # in the layers' order
     counts["shared"] = sum(len(names_at[p]) == 2 for p in paths)
     counts.setdefault("kink", 0)
     logger.info("Closed form: %d layers solved, %d of the %d both LoRAs adapt on the overlap's kink (an "

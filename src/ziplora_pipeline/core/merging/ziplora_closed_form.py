@@ -29,12 +29,17 @@ class ZipLoraClosedFormOptions:
     # ours: UNet-level optimiser steps (the merge stage's settings, Eq. 3 at the UNet's output) from the closed-form
     # mergers; 0: the closed form alone
     refine_steps: int = 0
+    # ours: > 0: instead of each layer's minimiser, this many Adam steps (lr local_lr) from all ones on the same
+    # recorded layer objective (the optimiser's early stop, asked layer by layer; still no UNet pass)
+    local_steps: int = 0
+    local_lr: float = 0.01
 
     def __post_init__(self):
         require(self.overlap in ("dot", "cosine", "mean_product"),
                 f"ziplora_closed_form overlap must be dot, cosine or mean_product, got {self.overlap!r}.")
-        require(self.lambda_overlap >= 0 and self.ridge >= 0 and self.refine_steps >= 0,
-                "ziplora_closed_form lambda_overlap, ridge and refine_steps must be >= 0.")
+        require(self.lambda_overlap >= 0 and self.ridge >= 0 and self.refine_steps >= 0 and self.local_steps >= 0,
+                "ziplora_closed_form lambda_overlap, ridge, refine_steps and local_steps must be >= 0.")
+        require(self.local_lr > 0, "ziplora_closed_form local_lr must be > 0.")
 
 
 class ZipLoraClosedForm(MergeMethod):
@@ -57,7 +62,8 @@ class ZipLoraClosedForm(MergeMethod):
         stats = {n: dataclasses.replace(stats[n], moments=dict(stats[n].moments)) for n in ("subject", "style")}
         t0 = time.perf_counter()
         with measure(ctx.device) as cost:
-            mergers = solve_all(ctx.factors, stats, o.lambda_overlap, o.overlap, o.normalize_recon, o.ridge)
+            mergers = solve_all(ctx.factors, stats, o.lambda_overlap, o.overlap, o.normalize_recon, o.ridge,
+                                local_steps=o.local_steps, local_lr=o.local_lr)
         solve_s = time.perf_counter() - t0
         refine_s = 0.0
         if o.refine_steps:
