@@ -270,7 +270,8 @@ def solver_run(job, unet, inputs, loras, device, solver: str, sched) -> dict:
         sync()
         t1 = time.perf_counter()
         counts = {}
-        solve_all(loras, stats, 0.01, "dot", True, job["ridge"], counts=counts)
+        solve_all(loras, stats, 0.01, job["overlap"], True, job["ridge"], counts=counts,
+                  local_steps=job["local_steps"])
         sync()
         t2 = time.perf_counter()
     finally:
@@ -405,10 +406,10 @@ def measure(name: str, spec: dict, resolution: int, rank: int, repeats: int, ste
 
 
 def measure_solvers(name: str, spec: dict, resolution: int, rank: int, repeats: int, gradient_steps: int,
-                    draws: int, stats_batch: int, ridge: float) -> dict:
+                    draws: int, stats_batch: int, ridge: float, overlap: str, local_steps: int) -> dict:
     job = {"model": name, "spec": spec, "resolution": resolution, "rank": rank, "repeats": repeats,
            "gradient_steps": gradient_steps, "draws": draws, "stats_batch": stats_batch, "ridge": ridge,
-           "timeout": 7200}
+           "overlap": overlap, "local_steps": local_steps, "timeout": 7200}
     timing = spawn({**job, "mode": "solver_time"})
     runs = timing.pop("runs")
     grad = [r["seconds"] if gradient_steps >= 100 else 100 * statistics.median(r["step_s"]) for r in runs["gradient"]]
@@ -436,7 +437,8 @@ def measure_solvers(name: str, spec: dict, resolution: int, rank: int, repeats: 
                         "kink_layers": runs["closed_form"][0]["kink_layers"]},
         "peak_mb_above_model": {"gradient_checkpointing_2_steps": round(mem["gradient"], 1) if mem["gradient"] else None,
                                 "closed_form": round(mem["closed_form"], 1) if mem["closed_form"] else None},
-        "draws_per_concept": draws, "stats_batch": stats_batch, "ridge": ridge, "rank": rank, "resolution": resolution,
+        "draws_per_concept": draws, "stats_batch": stats_batch, "ridge": ridge,
+        "overlap": overlap, "local_steps": local_steps, "rank": rank, "resolution": resolution,
         "repeats": repeats, **timing,
     }
 
@@ -452,6 +454,8 @@ def main(argv=None) -> int:
     p.add_argument("--gradient-steps", type=int, help="--solvers: optimiser steps measured (100 = a whole merge)")
     p.add_argument("--ridge", type=float, help="--solvers: the closed form's ridge (default: the "
                    "ziplora_closed_form method's); it decides how many layers reach the kink, the costly solve")
+    p.add_argument("--overlap", help="--solvers: the closed form's overlap form (default: the method's)")
+    p.add_argument("--local-steps", type=int, help="--solvers: the closed form's local_steps (default: the method's)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
@@ -464,14 +468,17 @@ def main(argv=None) -> int:
     if args.solvers:
         from ziplora_pipeline.core.merging.ziplora_closed_form import ZipLoraClosedFormOptions
 
-        ridge = args.ridge if args.ridge is not None else ZipLoraClosedFormOptions().ridge
+        defaults = ZipLoraClosedFormOptions()
+        ridge = args.ridge if args.ridge is not None else defaults.ridge
+        overlap = args.overlap or defaults.overlap
+        local_steps = args.local_steps if args.local_steps is not None else defaults.local_steps
         for name in args.models.split(","):
             spec, resolution, _ = models[name]
             rank = 8 if name == "toy" else 4 if (name == "tiny" or args.quick) else 64
             steps = args.gradient_steps or (100 if name in ("toy", "tiny") and not args.quick else 5)
             results[name] = measure_solvers(name, spec, resolution, rank, args.repeats or (2 if args.quick else 3),
                                             steps, draws=4 if args.quick else 16, stats_batch=4 if name == "large" else 16,
-                                            ridge=ridge)
+                                            ridge=ridge, overlap=overlap, local_steps=local_steps)
             logger.info("%s: %s", name, json.dumps(results[name]))
         print(json.dumps(results))
         return 0
