@@ -237,3 +237,19 @@ def test_local_steps_are_adam_on_the_explicit_layer_objective_one_per_layer(form
                                          group_of={f"l{i}": f"l{i}" for i in range(len(layers))})
                          for k in ("subject", "style")}, 0.01, form, ridge=0.0, local_steps=30)
     torch.testing.assert_close(via_all["l3.style"], batched[3][quads[3].bs].float())
+
+
+def test_prompt_ridge_applies_to_the_layers_reading_the_prompt_only():
+    """``prompt_ridge`` (ours): the cross-attention to_k / to_v layers take it, every other layer ``ridge``."""
+    (f1, X1), (f2, X2) = _layer(0), _layer(1)
+    paths = {"up.attn2.to_k": f1, "up.attn1.to_q": f2}
+    moments = {"up.attn2.to_k": {k: x.T @ x for k, x in X1.items()},
+               "up.attn1.to_q": {k: x.T @ x for k, x in X2.items()}}
+    stats = {k: ConceptStats(moments={p: C[k] for p, C in moments.items()}, group_of={p: p for p in paths})
+             for k in ("subject", "style")}
+    got = solve_all({k: {p: f[k] for p, f in paths.items()} for k in ("subject", "style")}, stats, 0.001,
+                    ridge=0.0, prompt_ridge=1e8)
+    for k in ("subject", "style"):  # an overwhelming ridge holds the prompt layer at the direct merge
+        torch.testing.assert_close(got[f"up.attn2.to_k.{k}"], torch.ones(6), atol=1e-5, rtol=0)
+    plain = solve_layer(f2, moments["up.attn1.to_q"], 0.001, ridge=0.0)
+    torch.testing.assert_close(got["up.attn1.to_q.subject"], plain["subject"])

@@ -488,14 +488,25 @@ def record_alone(unet, factors: dict[str, LoraFactors], name: str, inputs, sched
         detach_ziplora(unet, wrappers)
 
 
+def reads_prompt(path: str) -> bool:
+    """Whether an adapted layer reads the prompt embedding: diffusers' cross-attention key and value projections
+    (``attn2.to_k`` / ``attn2.to_v`` in SDXL's and SD 1.5's transformer blocks). There the two concepts' inputs are
+    their prompts' token embeddings, which differ; the other layers read image features, which the two concepts'
+    draws share far more."""
+    return path.endswith(("attn2.to_k", "attn2.to_v"))
+
+
 @torch.no_grad()
 def solve_all(loras: dict[str, dict[str, LoraFactors]], stats: dict[str, ConceptStats], lambda_overlap: float,
               overlap: str = "dot", normalize: bool = True, ridge: float = 1e-6,
-              counts: dict | None = None, local_steps: int = 0, local_lr: float = 0.01) -> dict[str, torch.Tensor]:
+              counts: dict | None = None, local_steps: int = 0, local_lr: float = 0.01,
+              prompt_ridge: float | None = None) -> dict[str, torch.Tensor]:
     """Every adapted layer solved (``solve_layer``): the merger file's ``{"<path>.<name>": m (in,)}`` (the layers
     one LoRA alone adapts keep m = 1). Each concept's matrix is released once the last layer reading it is solved,
     so the peak is the statistics plus one layer's 2n × 2n system in fp64; ``stats`` is emptied. ``counts``, if
-    given, receives {"kink": layers solved on the overlap's kink, "shared": layers both LoRAs adapt}."""
+    given, receives {"kink": layers solved on the overlap's kink, "shared": layers both LoRAs adapt}.
+    ``prompt_ridge`` (ours), if given, is the ridge of the layers that read the prompt embedding (``reads_prompt``),
+    ``ridge`` that of the others."""
     paths = list(dict.fromkeys(p for f in loras.values() for p in f))
     names_at = {p: [n for n in loras if p in loras[n]] for p in paths}
     users: dict[tuple[str, str], int] = {}
@@ -519,12 +530,13 @@ def solve_all(loras: dict[str, dict[str, LoraFactors]], stats: dict[str, Concept
     for path in paths:
         factors = {n: loras[n][path] for n in names_at[path]}
         moments = {n: stats[n].of(path) for n in factors if n in stats and stats[n].of(path) is not None}
+        rho = prompt_ridge if prompt_ridge is not None and reads_prompt(path) else ridge
         if local_steps and len(factors) == 2:
-            pending.append((path, list(factors), layer_quadratic(factors, moments, normalize, ridge, path)))
+            pending.append((path, list(factors), layer_quadratic(factors, moments, normalize, rho, path)))
             if sum(q.P.numel() for *_, q in pending) * 8 > LOCAL_BATCH_BYTES:
                 flush()
         else:
-            solved = solve_layer(factors, moments, lambda_overlap, overlap, normalize, ridge, where=path,
+            solved = solve_layer(factors, moments, lambda_overlap, overlap, normalize, rho, where=path,
                                  counts=counts, local_steps=local_steps, local_lr=local_lr)
             mergers.update({f"{path}.{n}": m for n, m in solved.items()})
         for n in moments:

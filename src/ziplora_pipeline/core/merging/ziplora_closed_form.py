@@ -33,6 +33,8 @@ class ZipLoraClosedFormOptions:
     # recorded layer objective (the optimiser's early stop, asked layer by layer; still no UNet pass)
     local_steps: int = 0
     local_lr: float = 0.01
+    # ours: the ridge of the layers that read the prompt embedding (cross-attention to_k / to_v); null: ``ridge``
+    prompt_ridge: float | None = None
 
     def __post_init__(self):
         require(self.overlap in ("dot", "cosine", "mean_product"),
@@ -40,6 +42,7 @@ class ZipLoraClosedFormOptions:
         require(self.lambda_overlap >= 0 and self.ridge >= 0 and self.refine_steps >= 0 and self.local_steps >= 0,
                 "ziplora_closed_form lambda_overlap, ridge, refine_steps and local_steps must be >= 0.")
         require(self.local_lr > 0, "ziplora_closed_form local_lr must be > 0.")
+        require(self.prompt_ridge is None or self.prompt_ridge >= 0, "ziplora_closed_form prompt_ridge must be >= 0.")
 
 
 class ZipLoraClosedForm(MergeMethod):
@@ -63,7 +66,7 @@ class ZipLoraClosedForm(MergeMethod):
         t0 = time.perf_counter()
         with measure(ctx.device) as cost:
             mergers = solve_all(ctx.factors, stats, o.lambda_overlap, o.overlap, o.normalize_recon, o.ridge,
-                                local_steps=o.local_steps, local_lr=o.local_lr)
+                                local_steps=o.local_steps, local_lr=o.local_lr, prompt_ridge=o.prompt_ridge)
         solve_s = time.perf_counter() - t0
         refine_s = 0.0
         if o.refine_steps:
