@@ -177,19 +177,24 @@ def layer_quadratic(factors: dict[str, LoraFactors], moments: dict[str, torch.Te
     constant = 0.0
     for concept in names:
         C = moments[concept].to(device, torch.float64)
-        own_effect = float(G[(concept, concept)].mul(C).sum())  # e_i = Σ_x ‖ΔW_i x‖² = t_iᵀ K_i t_i
+        # each block G_ab ∘ C formed once (n, n): the system's block, and for b = the concept its row sums (rhs)
+        own = G[(concept, concept)] * C
+        own_effect = float(own.sum())  # e_i = Σ_x ‖ΔW_i x‖² = t_iᵀ K_i t_i
         if not math.isfinite(own_effect) or own_effect <= 0:
             raise ValueError(f"{where}: the {concept} LoRA has no effect on its recorded inputs (Σ‖ΔW x‖² = "
                              f"{own_effect}); the statistics or the LoRA are degenerate.")
         effect = own_effect if normalize else 1.0
         for a in names:
             for b in names:
-                system[blocks[a], blocks[b]] += G[(a, b)] * C / effect
-            # K_i t_i, t_i the concept's own one-hot target (its merger 1, the other's 0): K's row sums over its block
-            rhs[blocks[a]] += (G[(a, concept)] * C).sum(dim=1) / effect
+                H = own if (a, b) == (concept, concept) else G[(a, b)] * C
+                system[blocks[a], blocks[b]].add_(H, alpha=1 / effect)
+                if b == concept:
+                    # K_i t_i, t_i the concept's own one-hot target (its merger 1, the other's 0): row sums over b
+                    rhs[blocks[a]] += H.sum(dim=1) / effect
+            del H
         constant += own_effect / effect
     scale = float(system.diagonal().mean()) or 1.0
-    if not torch.isfinite(system).all():
+    if not math.isfinite(float(system.sum())):  # NaN or ±inf anywhere makes the sum non-finite; no (2n)² mask
         raise ValueError(f"{where}: the closed-form system has non-finite entries (statistics with NaN/inf?).")
     # the ridge ρ ‖m − 1‖² pulls directions the statistics do not see back to the all-ones start (the direct merge)
     rho = ridge * scale
@@ -303,7 +308,8 @@ class _Quadratic:
     def __init__(self, system, rhs, constant, rho, bc, bs, where):
         n2 = system.shape[0]
         self.bc, self.bs, self.where, self.rho = bc, bs, where, rho
-        self.P = system + rho * torch.eye(n2, dtype=torch.float64, device=system.device)
+        self.P = system  # P = S + ρ I in place: the system's (2n, 2n) memory is used once
+        self.P.diagonal().add_(rho)
         self.r = rhs + rho
         self.constant = constant + rho * n2  # Σ_i t_iᵀ K_i t_i / e_i + ρ ‖1‖²
         self.eigendecomposed = False  # whether the kink's eigenbasis was needed (the costly part; see ``_eigen``)
