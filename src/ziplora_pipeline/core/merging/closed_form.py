@@ -250,8 +250,6 @@ def solve_layer(factors: dict[str, LoraFactors], moments: dict[str, torch.Tensor
     if len(names) == 1:
         return {names[0]: torch.ones(factors[names[0]].A.shape[1])}
     quad = layer_quadratic(factors, moments, normalize, ridge, where)
-    c, s = names
-    blocks = {c: quad.bc, s: quad.bs}
     if local_steps:
         m = descend_layers([quad], lambda_overlap, overlap, local_steps, local_lr)[0]
     elif lambda_overlap <= 0:
@@ -265,9 +263,14 @@ def solve_layer(factors: dict[str, LoraFactors], moments: dict[str, torch.Tensor
                 key=lambda x: float(quad.objective(x, lambda_overlap, overlap)))
     if counts is not None:
         counts["kink"] = counts.get("kink", 0) + int(quad.eigendecomposed)
+    return _named_mergers(m, quad, names, where)
+
+
+def _named_mergers(m: torch.Tensor, quad: _Quadratic, names: list[str], where: str) -> dict[str, torch.Tensor]:
+    """m = [m_c; m_s] (2n,) split into {name: m_i (n,)} in fp32 on the CPU; NaN or inf stops the merge."""
     if not torch.isfinite(m).all():
         raise ValueError(f"{where}: the closed-form solve gave non-finite mergers (statistics with NaN/inf?).")
-    return {c: m[blocks[c]].float().cpu(), s: m[blocks[s]].float().cpu()}
+    return {names[0]: m[quad.bc].float().cpu(), names[1]: m[quad.bs].float().cpu()}
 
 
 # id(C) -> (weakref to C, singular?): layers sharing an input share C (by identity; a WeakKeyDictionary would compare
@@ -509,7 +512,8 @@ def solve_all(loras: dict[str, dict[str, LoraFactors]], stats: dict[str, Concept
               prompt_ridge: float | None = None) -> dict[str, torch.Tensor]:
     """Every adapted layer solved (``solve_layer``): the merger file's ``{"<path>.<name>": m (in,)}`` (the layers
     one LoRA alone adapts keep m = 1). Each concept's matrix is released once the last layer reading it is solved,
-    so the peak is the statistics plus one layer's 2n × 2n system in fp64; ``stats`` is emptied. ``counts``, if
+    so the peak is the statistics plus one layer's 2n × 2n system in fp64 (with ``local_steps``, the systems stepped
+    as one batch: up to ``LOCAL_BATCH_BYTES``); ``stats`` is emptied. ``counts``, if
     given, receives {"kink": layers solved on the overlap's kink, "shared": layers both LoRAs adapt}.
     ``prompt_ridge`` (ours), if given, is the ridge of the layers that read the prompt embedding (``reads_prompt``),
     ``ridge`` that of the others."""
@@ -527,10 +531,7 @@ def solve_all(loras: dict[str, dict[str, LoraFactors]], stats: dict[str, Concept
     def flush():
         for (where, names, quad), m in zip(pending, descend_layers([q for *_, q in pending], lambda_overlap, overlap,
                                                                    local_steps, local_lr)):
-            if not torch.isfinite(m).all():
-                raise ValueError(f"{where}: the closed-form solve gave non-finite mergers (statistics with NaN/inf?).")
-            mergers.update({f"{where}.{names[0]}": m[quad.bc].float().cpu(),
-                            f"{where}.{names[1]}": m[quad.bs].float().cpu()})
+            mergers.update({f"{where}.{n}": v for n, v in _named_mergers(m, quad, names, where).items()})
         pending.clear()
 
     for path in paths:
@@ -555,8 +556,7 @@ def solve_all(loras: dict[str, dict[str, LoraFactors]], stats: dict[str, Concept
     counts["shared"] = sum(len(names_at[p]) == 2 for p in paths)
     counts.setdefault("kink", 0)
     logger.info("Closed form: %d layers solved, %d of the %d both LoRAs adapt on the overlap's kink (an "
-                "eigendecomposition each; the others one Cholesky factorisation)", len(paths), counts["kink"],
-                counts["shared"])
+                "eigendecomposition each)", len(paths), counts["kink"], counts["shared"])
     return mergers
 
 
