@@ -271,7 +271,7 @@ def solver_run(job, unet, inputs, loras, device, solver: str, sched) -> dict:
         t1 = time.perf_counter()
         counts = {}
         solve_all(loras, stats, 0.01, job["overlap"], True, job["ridge"], counts=counts,
-                  local_steps=job["local_steps"], prompt_ridge=job["prompt_ridge"])
+                  local_steps=job["local_steps"], prompt_ridge=job["prompt_ridge"], precision=job["precision"])
         sync()
         t2 = time.perf_counter()
     finally:
@@ -407,10 +407,11 @@ def measure(name: str, spec: dict, resolution: int, rank: int, repeats: int, ste
 
 def measure_solvers(name: str, spec: dict, resolution: int, rank: int, repeats: int, gradient_steps: int,
                     draws: int, stats_batch: int, ridge: float, overlap: str, local_steps: int,
-                    prompt_ridge: float | None) -> dict:
+                    prompt_ridge: float | None, precision: str = "float64") -> dict:
     job = {"model": name, "spec": spec, "resolution": resolution, "rank": rank, "repeats": repeats,
            "gradient_steps": gradient_steps, "draws": draws, "stats_batch": stats_batch, "ridge": ridge,
-           "overlap": overlap, "local_steps": local_steps, "prompt_ridge": prompt_ridge, "timeout": 7200}
+           "overlap": overlap, "local_steps": local_steps, "prompt_ridge": prompt_ridge, "precision": precision,
+           "timeout": 7200}
     timing = spawn({**job, "mode": "solver_time"})
     runs = timing.pop("runs")
     grad = [r["seconds"] if gradient_steps >= 100 else 100 * statistics.median(r["step_s"]) for r in runs["gradient"]]
@@ -439,7 +440,8 @@ def measure_solvers(name: str, spec: dict, resolution: int, rank: int, repeats: 
         "peak_mb_above_model": {"gradient_checkpointing_2_steps": round(mem["gradient"], 1) if mem["gradient"] else None,
                                 "closed_form": round(mem["closed_form"], 1) if mem["closed_form"] else None},
         "draws_per_concept": draws, "stats_batch": stats_batch, "ridge": ridge,
-        "overlap": overlap, "local_steps": local_steps, "prompt_ridge": prompt_ridge, "rank": rank, "resolution": resolution,
+        "overlap": overlap, "local_steps": local_steps, "prompt_ridge": prompt_ridge, "precision": precision,
+        "rank": rank, "resolution": resolution,
         "repeats": repeats, **timing,
     }
 
@@ -458,6 +460,7 @@ def main(argv=None) -> int:
     p.add_argument("--overlap", help="--solvers: the closed form's overlap form (default: the method's)")
     p.add_argument("--local-steps", type=int, help="--solvers: the closed form's local_steps (default: the method's)")
     p.add_argument("--prompt-ridge", type=float, help="--solvers: the closed form's prompt_ridge (default: the method's)")
+    p.add_argument("--precision", help="--solvers: the closed form's precision, float64 | float32 (default: the method's)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
@@ -475,6 +478,7 @@ def main(argv=None) -> int:
         overlap = args.overlap or defaults.overlap
         local_steps = args.local_steps if args.local_steps is not None else defaults.local_steps
         prompt_ridge = args.prompt_ridge if args.prompt_ridge is not None else defaults.prompt_ridge
+        precision = args.precision or defaults.precision
         for name in args.models.split(","):
             spec, resolution, _ = models[name]
             rank = 8 if name == "toy" else 4 if (name == "tiny" or args.quick) else 64
@@ -482,7 +486,7 @@ def main(argv=None) -> int:
             results[name] = measure_solvers(name, spec, resolution, rank, args.repeats or (2 if args.quick else 3),
                                             steps, draws=4 if args.quick else 16, stats_batch=4 if name == "large" else 16,
                                             ridge=ridge, overlap=overlap, local_steps=local_steps,
-                                            prompt_ridge=prompt_ridge)
+                                            prompt_ridge=prompt_ridge, precision=precision)
             logger.info("%s: %s", name, json.dumps(results[name]))
         print(json.dumps(results))
         return 0

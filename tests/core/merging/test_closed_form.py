@@ -75,6 +75,22 @@ def test_a_large_overlap_weight_is_minimised_not_sent_to_a_saddle(seed, lam):
 
 
 @pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("lam", [0.1, 0.5, 2.0])
+def test_the_kink_by_newton_is_the_kink_of_the_eigenbasis(seed, lam):
+    """On the kink, Newton on the multiplier (a Cholesky factorisation per step) and the eigenbasis's secular
+    equation give the same mergers, with m_cᵀ m_s = 0."""
+    f, X = _layer(seed)
+    moments = {k: x.T @ x for k, x in X.items()}
+    newton, eigen = (layer_quadratic(f, moments, ridge=0.01) for _ in range(2))
+    a, b = newton.dot_minimum(lam), eigen.dot_minimum(lam, kink="eigen")
+    if not newton.on_kink:
+        pytest.skip("a convex piece holds this minimum")
+    assert not newton.eigendecomposed and eigen.eigendecomposed
+    torch.testing.assert_close(a, b, atol=1e-8, rtol=0)
+    assert abs(float(a[newton.bc] @ a[newton.bs])) < 1e-10
+
+
+@pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("lam", [0.01, 0.5])
 def test_non_quadratic_overlap_is_refined_on_the_recorded_statistics(seed, lam):
     """The cosine form (not quadratic): L-BFGS on the recorded statistics from the dot form's exact point and the
@@ -253,3 +269,111 @@ def test_prompt_ridge_applies_to_the_layers_reading_the_prompt_only():
         torch.testing.assert_close(got[f"up.attn2.to_k.{k}"], torch.ones(6), atol=1e-5, rtol=0)
     plain = solve_layer(f2, moments["up.attn1.to_q"], 0.001, ridge=0.0)
     torch.testing.assert_close(got["up.attn1.to_q.subject"], plain["subject"])
+
+
+def _weights(seed: int, out: int = 5):
+    g = torch.Generator().manual_seed(100 + seed)
+    Z = {k: torch.randn(out, out + 2, generator=g, dtype=torch.float64) for k in ("subject", "style")}
+    return {k: z @ z.T for k, z in Z.items()}  # (out, out) positive definite, one per concept
+
+
+def test_output_weighting_is_the_weighted_layer_objective():
+    """``outputs`` (ours): each concept's term becomes Σ_x R_k(x)ᵀ W_k R_k(x) (its error weighted by its own model's
+    output weight), normalised by the weighted own effect; W = c I is the unweighted objective."""
+    f, X = _layer(3)
+    C = {k: x.T @ x for k, x in X.items()}
+    W = _weights(3)
+    quad = layer_quadratic(f, C, ridge=0.0, outputs=W)
+    delta = {k: v.scale * (v.B @ v.A) for k, v in f.items()}
+    g = torch.Generator().manual_seed(5)
+    m = {k: torch.rand(6, generator=g, dtype=torch.float64) * 2 for k in f}
+    expected = 0.0
+    for k, x in X.items():
+        merged = sum((x * m[i]) @ delta[i].T for i in f)
+        R = merged - x @ delta[k].T  # (N, out)
+        own = x @ delta[k].T
+        expected += float(((R @ W[k]) * R).sum() / ((own @ W[k]) * own).sum())
+    got = float(quad.objective(torch.cat([m["subject"], m["style"]]), 0.0, "dot"))
+    assert abs(got - expected) < 1e-9 * max(1.0, abs(expected))
+    eye = {k: 7.0 * torch.eye(5, dtype=torch.float64) for k in f}
+    torch.testing.assert_close(solve_layer(f, C, 0.01, ridge=0.1, outputs=eye)["style"],
+                               solve_layer(f, C, 0.01, ridge=0.1)["style"])
+
+
+def test_model_wide_output_weighting_holds_a_layer_the_output_hardly_sees_at_the_direct_merge():
+    """``output_weighting: model`` (ours): normalised once for the UNet, a layer whose output weight is 1e-8 of the
+    other's is held at m = 1 by the ridge while the other is solved; ``layer`` normalises the scale away. (λ = 0:
+    the overlap term is not scaled, so in the model-wide form it weighs on each layer as in the UNet-level Eq. 3.)"""
+    (f1, X1), (f2, X2) = _layer(0), _layer(1)
+    paths = {"a": f1, "b": f2}
+    moments = {"a": {k: x.T @ x for k, x in X1.items()}, "b": {k: x.T @ x for k, x in X2.items()}}
+    W = {"a": {k: 1e-8 * w for k, w in _weights(0).items()}, "b": _weights(1)}
+
+    def stats():
+        return {k: ConceptStats(moments={p: C[k] for p, C in moments.items()}, group_of={p: p for p in paths},
+                                rows={p: 40 for p in paths}, outputs={p: W[p][k] for p in paths})
+                for k in ("subject", "style")}
+
+    loras = {k: {p: f[k] for p, f in paths.items()} for k in ("subject", "style")}
+    model = solve_all(loras, stats(), 0.0, ridge=0.1, output_weighting="model")
+    layer = solve_all(loras, stats(), 0.0, ridge=0.1, output_weighting="layer")
+    for k in ("subject", "style"):
+        torch.testing.assert_close(model[f"a.{k}"], torch.ones(6), atol=1e-4, rtol=0)
+        assert (model[f"b.{k}"] - 1).abs().max() > 0.05
+        assert (layer[f"a.{k}"] - 1).abs().max() > 0.05  # scale-free per layer: solved like any layer
+    unscaled = solve_layer(f1, moments["a"], 0.0, ridge=0.1, outputs=_weights(0))
+    torch.testing.assert_close(layer["a.style"], unscaled["style"])
+    with pytest.raises(ValueError, match="closed_form_output_draws"):
+        solve_all(loras, {k: ConceptStats(moments={p: C[k] for p, C in moments.items()},
+                                          group_of={p: p for p in paths}) for k in ("subject", "style")},
+                  0.001, output_weighting="layer")
+
+
+def test_output_weights_are_recorded_per_adapted_layer_and_saved(trained, base_cfg):
+    """``record_output_moments`` (ours): a forward and a backward per draw give every adapted layer a symmetric
+    positive semi-definite Σ g gᵀ (out, out), saved with the statistics; the method solves from them."""
+    import dataclasses
+
+    from ziplora_pipeline.core.merging.closed_form import record_alone
+    from ziplora_pipeline.core.merging.optimise import default_scheduler
+    from ziplora_pipeline.core.merging.ziplora_closed_form import ZipLoraClosedForm, ZipLoraClosedFormOptions
+
+    pipe = load_base_pipeline(base_cfg)
+    stats = {n: record_alone(pipe.unet, trained["factors"][n], n, trained["inputs"][n], default_scheduler(), 2,
+                             (0, 1000), 2, 0, output_draws=2) for n in trained["factors"]}
+    for n, s in stats.items():
+        assert set(s.outputs) == set(trained["factors"][n])
+        for path, G in s.outputs.items():
+            assert G.shape[0] == G.shape[1] == trained["factors"][n][path].B.shape[0]
+            torch.testing.assert_close(G, G.T)
+            assert float(torch.linalg.eigvalsh(G).min()) > -1e-9 * float(G.diagonal().max())
+            assert float(G.diagonal().sum()) > 0
+        back = ConceptStats.from_tensors(s.to_tensors())
+        assert all(torch.equal(back.outputs[p], s.outputs[p]) for p in s.outputs)
+    ctx = dataclasses.replace(trained["ctx"], statistics=stats)
+    lora, cost = ZipLoraClosedForm("cf_w", ZipLoraClosedFormOptions(output_weighting="model")).build(ctx)
+    assert cost["merge_seconds"] > 0 and lora.state_dict
+    assert all(s.outputs for s in stats.values())  # the method solved from copies
+    with pytest.raises(ValueError, match="closed_form_output_draws"):
+        ZipLoraClosedForm("cf_w", ZipLoraClosedFormOptions(output_weighting="layer")).build(trained["ctx"])
+
+
+@pytest.mark.parametrize("lam, kinks", [(0.01, 0), (5.0, 2), (20.0, 4)])
+def test_float32_systems_give_the_float64_mergers_where_the_ridge_conditions_them(lam, kinks):
+    """``precision: float32`` (ours): at the entry's ridge (3) the float32 solve, on the kink or off it, is the
+    float64 one to 1e-4; the precision is checked by name."""
+    layers = {f"l{i}": _layer(i) for i in range(4)}
+    loras = {k: {p: f[k] for p, (f, _) in layers.items()} for k in ("subject", "style")}
+
+    def stats():
+        return {k: ConceptStats(moments={p: X[k].T @ X[k] for p, (_, X) in layers.items()},
+                                group_of={p: p for p in layers}) for k in ("subject", "style")}
+
+    c64, c32 = {}, {}
+    f64 = solve_all(loras, stats(), lam, ridge=3.0, counts=c64)
+    f32 = solve_all(loras, stats(), lam, ridge=3.0, counts=c32, precision="float32")
+    assert c64["kink"] == c32["kink"] == kinks
+    for k in f64:
+        torch.testing.assert_close(f32[k], f64[k], atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="precision must be float64 or float32"):
+        solve_all(loras, stats(), lam, precision="half")

@@ -59,6 +59,9 @@ class MergeConfig:
     closed_form_draws: int = 16  # the statistics' draws per concept (also the ziplora_closed_form method's)
     closed_form_batch_size: int = 16  # draws per statistics forward (no backward: batches cost little memory)
     closed_form_ridge: float = 1e-6  # ρ, relative to the mean diagonal of each layer's system
+    # ours: > 0 also records each layer's output weight (Gauss-Newton, one forward + backward per draw) for the
+    # ziplora_closed_form method's output_weighting
+    closed_form_output_draws: int = 0
 
     def __post_init__(self):
         require(self.steps >= 0, f"merge.steps must be >= 0, got {self.steps}.")
@@ -75,6 +78,7 @@ class MergeConfig:
                                                             f"{self.solver!r}.")
         require(self.closed_form_draws > 0 and self.closed_form_batch_size > 0 and self.closed_form_ridge >= 0,
                 "merge.closed_form_draws and merge.closed_form_batch_size must be > 0, merge.closed_form_ridge >= 0.")
+        require(self.closed_form_output_draws >= 0, "merge.closed_form_output_draws must be >= 0.")
 
     @property
     def objective(self) -> Objective:

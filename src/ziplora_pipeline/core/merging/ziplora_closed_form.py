@@ -31,12 +31,18 @@ class ZipLoraClosedFormOptions:
     # ours: UNet-level optimiser steps (the merge stage's settings, Eq. 3 at the UNet's output) from the closed-form
     # mergers; 0: the closed form alone
     refine_steps: int = 0
+    refine_lr: float | None = None  # ours: their learning rate (null: merge.learning_rate)
     # ours: > 0: instead of each layer's minimiser, this many Adam steps (lr local_lr) from all ones on the same
     # recorded layer objective (the optimiser's early stop, asked layer by layer; still no UNet pass)
     local_steps: int = 0
     local_lr: float = 0.01
     # ours: the ridge of the layers that read the prompt embedding (cross-attention to_k / to_v); null: ``ridge``
     prompt_ridge: float | None = None
+    # ours: none | layer | model: each layer's output error weighted by its Gauss-Newton effect on the UNet's output
+    # (closed_form.solve_all; needs merge.closed_form_output_draws > 0)
+    output_weighting: str = "none"
+    # ours: float64 | float32, the systems' and solves' precision (float32: half the factorisations' time on a CPU)
+    precision: str = "float64"
 
     def __post_init__(self):
         require(self.overlap in ("dot", "cosine", "mean_product"),
@@ -44,7 +50,12 @@ class ZipLoraClosedFormOptions:
         require(self.lambda_overlap >= 0 and self.ridge >= 0 and self.refine_steps >= 0 and self.local_steps >= 0,
                 "ziplora_closed_form lambda_overlap, ridge, refine_steps and local_steps must be >= 0.")
         require(self.local_lr > 0, "ziplora_closed_form local_lr must be > 0.")
+        require(self.refine_lr is None or self.refine_lr > 0, "ziplora_closed_form refine_lr must be > 0.")
         require(self.prompt_ridge is None or self.prompt_ridge >= 0, "ziplora_closed_form prompt_ridge must be >= 0.")
+        require(self.precision in ("float64", "float32"),
+                f"ziplora_closed_form precision must be float64 or float32, got {self.precision!r}.")
+        require(self.output_weighting in ("none", "layer", "model"),
+                f"ziplora_closed_form output_weighting must be none, layer or model, got {self.output_weighting!r}.")
 
 
 class ZipLoraClosedForm(MergeMethod):
@@ -64,11 +75,13 @@ class ZipLoraClosedForm(MergeMethod):
                              "--pipelines merge), or switch the method off.")
         o = self.options
         # a shallow copy: the solve releases each matrix once used, and other entries may solve from the same stats
-        stats = {n: dataclasses.replace(stats[n], moments=dict(stats[n].moments)) for n in ("subject", "style")}
+        stats = {n: dataclasses.replace(stats[n], moments=dict(stats[n].moments), outputs=dict(stats[n].outputs))
+                 for n in ("subject", "style")}
         t0 = time.perf_counter()
         with measure(ctx.device) as cost:
             mergers = solve_all(ctx.factors, stats, o.lambda_overlap, o.overlap, o.normalize_recon, o.ridge,
-                                local_steps=o.local_steps, local_lr=o.local_lr, prompt_ridge=o.prompt_ridge)
+                                local_steps=o.local_steps, local_lr=o.local_lr, prompt_ridge=o.prompt_ridge,
+                                output_weighting=o.output_weighting, precision=o.precision)
         solve_s = time.perf_counter() - t0
         refine_s = 0.0
         if o.refine_steps:
@@ -94,8 +107,9 @@ class ZipLoraClosedForm(MergeMethod):
                              "needs the base pipeline and the concepts' images: build it in the merge stage.")
         pipe = ctx.load_pipeline()
         inputs = {n: encode_concept(pipe, images, prompt) for n, (images, prompt) in ctx.concepts.items()}
-        cfg = dataclasses.replace(ctx.merge_config or MergeConfig(), steps=self.options.refine_steps,
-                                  solver="gradient")
+        base = ctx.merge_config or MergeConfig()
+        cfg = dataclasses.replace(base, steps=self.options.refine_steps, solver="gradient",
+                                  learning_rate=self.options.refine_lr or base.learning_rate)
         result = ziplora_merge(pipe.unet, {n: ctx.factors[n] for n in inputs}, inputs, cfg,
                                training_scheduler(pipe), progress=False, initial=mergers)
         return result.mergers, result.seconds
