@@ -24,7 +24,7 @@ on CUDA ``max_memory_allocated`` minus the allocation after build (both: ``core.
 
 ``--solvers``: a whole merge, the 100-step optimiser (``merge.solver: gradient``, the defaults: fresh draws, cosine)
 against the closed form (``closed_form.py``: each concept's statistics from forward passes, then every layer's
-exact solve, dot overlap), interleaved (G C C G ...), per repeat; on ``toy`` (the committed toy-world SDXL,
+exact solve, dot overlap; with ``--refine-steps K`` the hybrid: K optimiser steps from there), interleaved (G C C G ...), per repeat; on ``toy`` (the committed toy-world SDXL,
 64 px, rank 8) and ``large`` (744M, 128 px, rank 64). The optimiser's 100 steps are timed step by step; with
 ``--gradient-steps K`` < 100 (large: 5 by default) its merge time is 100 × the median of its K measured steps
 (labelled ``estimated_from_steps``). Peak memory in fresh workers: the closed form vs two optimiser steps with
@@ -270,13 +270,21 @@ def solver_run(job, unet, inputs, loras, device, solver: str, sched) -> dict:
         sync()
         t1 = time.perf_counter()
         counts = {}
-        solve_all(loras, stats, 0.01, job["overlap"], True, job["ridge"], counts=counts,
-                  local_steps=job["local_steps"], prompt_ridge=job["prompt_ridge"], precision=job["precision"])
+        mergers = solve_all(loras, stats, 0.01, job["overlap"], True, job["ridge"], counts=counts,
+                            local_steps=job["local_steps"], prompt_ridge=job["prompt_ridge"],
+                            precision=job["precision"])
         sync()
         t2 = time.perf_counter()
     finally:
         detach_ziplora(unet, wrappers)
-    return {"seconds": t2 - t0, "stats_s": t1 - t0, "solve_s": t2 - t1, "kink_layers": counts["kink"]}
+    out = {"seconds": t2 - t0, "stats_s": t1 - t0, "solve_s": t2 - t1, "kink_layers": counts["kink"]}
+    if job.get("refine_steps"):  # the hybrid: the optimiser's steps from the closed-form mergers (its own wall time)
+        cfg = MergeConfig(steps=job["refine_steps"], learning_rate=job["refine_lr"], heldout_draws=2,
+                          gradient_checkpointing=job.get("checkpointing", False))
+        refined = ziplora_merge(unet, loras, inputs, cfg, sched, progress=False, initial=mergers)
+        out["refine_s"] = refined.seconds
+        out["seconds"] += refined.seconds
+    return out
 
 
 def solvers_worker(job: dict) -> dict:
@@ -407,11 +415,12 @@ def measure(name: str, spec: dict, resolution: int, rank: int, repeats: int, ste
 
 def measure_solvers(name: str, spec: dict, resolution: int, rank: int, repeats: int, gradient_steps: int,
                     draws: int, stats_batch: int, ridge: float, overlap: str, local_steps: int,
-                    prompt_ridge: float | None, precision: str = "float64") -> dict:
+                    prompt_ridge: float | None, precision: str = "float64", refine_steps: int = 0,
+                    refine_lr: float = 0.01) -> dict:
     job = {"model": name, "spec": spec, "resolution": resolution, "rank": rank, "repeats": repeats,
            "gradient_steps": gradient_steps, "draws": draws, "stats_batch": stats_batch, "ridge": ridge,
            "overlap": overlap, "local_steps": local_steps, "prompt_ridge": prompt_ridge, "precision": precision,
-           "timeout": 7200}
+           "refine_steps": refine_steps, "refine_lr": refine_lr, "timeout": 7200}
     timing = spawn({**job, "mode": "solver_time"})
     runs = timing.pop("runs")
     grad = [r["seconds"] if gradient_steps >= 100 else 100 * statistics.median(r["step_s"]) for r in runs["gradient"]]
@@ -436,12 +445,13 @@ def measure_solvers(name: str, spec: dict, resolution: int, rank: int, repeats: 
                                    [x for r in runs["gradient"] for x in r["step_s"]]), 4)},
         "closed_form": {**c, "stats_s": [round(r["stats_s"], 3) for r in runs["closed_form"]],
                         "solve_s": [round(r["solve_s"], 3) for r in runs["closed_form"]],
+                        "refine_s": [round(r.get("refine_s", 0.0), 3) for r in runs["closed_form"]],
                         "kink_layers": runs["closed_form"][0]["kink_layers"]},
         "peak_mb_above_model": {"gradient_checkpointing_2_steps": round(mem["gradient"], 1) if mem["gradient"] else None,
                                 "closed_form": round(mem["closed_form"], 1) if mem["closed_form"] else None},
         "draws_per_concept": draws, "stats_batch": stats_batch, "ridge": ridge,
         "overlap": overlap, "local_steps": local_steps, "prompt_ridge": prompt_ridge, "precision": precision,
-        "rank": rank, "resolution": resolution,
+        "refine_steps": refine_steps, "refine_lr": refine_lr, "rank": rank, "resolution": resolution,
         "repeats": repeats, **timing,
     }
 
@@ -461,6 +471,9 @@ def main(argv=None) -> int:
     p.add_argument("--local-steps", type=int, help="--solvers: the closed form's local_steps (default: the method's)")
     p.add_argument("--prompt-ridge", type=float, help="--solvers: the closed form's prompt_ridge (default: the method's)")
     p.add_argument("--precision", help="--solvers: the closed form's precision, float64 | float32 (default: the method's)")
+    p.add_argument("--refine-steps", type=int, help="--solvers: the hybrid's optimiser steps from the closed form "
+                   "(default: the method's)")
+    p.add_argument("--refine-lr", type=float, help="--solvers: their learning rate (default: the method's)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
@@ -479,6 +492,8 @@ def main(argv=None) -> int:
         local_steps = args.local_steps if args.local_steps is not None else defaults.local_steps
         prompt_ridge = args.prompt_ridge if args.prompt_ridge is not None else defaults.prompt_ridge
         precision = args.precision or defaults.precision
+        refine_steps = args.refine_steps if args.refine_steps is not None else defaults.refine_steps
+        refine_lr = args.refine_lr or defaults.refine_lr or 0.01
         for name in args.models.split(","):
             spec, resolution, _ = models[name]
             rank = 8 if name == "toy" else 4 if (name == "tiny" or args.quick) else 64
@@ -486,7 +501,8 @@ def main(argv=None) -> int:
             results[name] = measure_solvers(name, spec, resolution, rank, args.repeats or (2 if args.quick else 3),
                                             steps, draws=4 if args.quick else 16, stats_batch=4 if name == "large" else 16,
                                             ridge=ridge, overlap=overlap, local_steps=local_steps,
-                                            prompt_ridge=prompt_ridge, precision=precision)
+                                            prompt_ridge=prompt_ridge, precision=precision,
+                                            refine_steps=refine_steps, refine_lr=refine_lr)
             logger.info("%s: %s", name, json.dumps(results[name]))
         print(json.dumps(results))
         return 0

@@ -288,6 +288,13 @@ def solve_layer(factors: dict[str, LoraFactors], moments: dict[str, torch.Tensor
         starts = [quad.dot_minimum(quad.equivalent_dot_weight(lambda_overlap, overlap)), quad.reconstruction_minimum]
         m = min((quad.refine(x, lambda_overlap, overlap, refine_steps) for x in starts),
                 key=lambda x: float(quad.objective(x, lambda_overlap, overlap)))
+    if dtype != torch.float64 and (quad.eigendecomposed or not torch.isfinite(m).all()):
+        # float32 ran out of precision (the kink's multiplier pinned near the end of its interval, where Newton stops
+        # short and the eigenbasis loses digits; measured on a layer the UNet's output hardly sees): this layer in
+        # float64
+        logger.debug("%s: the kink in float32 did not converge; solved in float64", where)
+        return solve_layer(factors, moments, lambda_overlap, overlap, normalize, ridge, refine_steps, where, counts,
+                           local_steps, local_lr, outputs, effects, ridge_scale, torch.float64)
     if counts is not None:
         counts["kink"] = counts.get("kink", 0) + int(quad.on_kink)
     return _named_mergers(m, quad, names, where)

@@ -41,8 +41,9 @@ class ZipLoraClosedFormOptions:
     # ours: none | layer | model: each layer's output error weighted by its Gauss-Newton effect on the UNet's output
     # (closed_form.solve_all; needs merge.closed_form_output_draws > 0)
     output_weighting: str = "none"
-    # ours: float64 | float32, the systems' and solves' precision (float32: half the factorisations' time on a CPU)
-    precision: str = "float64"
+    # ours: float64 | float32, the systems' and solves' precision (float32: half the factorisations' time on a CPU;
+    # at ridge 3 the grid's tables were identical to float64's in two runs: docs/results/closed_form.md)
+    precision: str = "float32"
 
     def __post_init__(self):
         require(self.overlap in ("dot", "cosine", "mean_product"),
