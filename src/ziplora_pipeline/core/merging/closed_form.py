@@ -386,11 +386,12 @@ class _Quadratic:
         """The kink's m(ν*), d(ν*) = m_cᵀ m_s = 0, for a multiplier ν* in (lo, hi) = (−λ, λ) (it is a subgradient of
         λ |d| at d = 0): safeguarded Newton on d, d'(ν) = −½ (J m)ᵀ (P + ν/2 J)⁻¹ (J m) < 0, one Cholesky
         factorisation per step (7-11 per layer measured on random layers, the two pieces' solves included), against
-        the eigenbasis's O((2n)³) eigendecomposition (10-20 factorisations' worth on a CPU). Where P + ν/2 J is not positive definite, ν lies beyond the end of the
-        interval around 0 on which it is, and d tends to −∞ (ν > 0) or +∞ (ν < 0) at that end: the bracket shrinks
-        to ν. None if it does not converge (the "hard case": then the eigenbasis)."""
+        the eigenbasis's O((2n)³) eigendecomposition (10-20 factorisations' worth on a CPU). Where P + ν/2 J is not
+        positive definite, ν lies beyond the end of the interval around 0 on which it is, and d tends to −∞ (ν > 0)
+        or +∞ (ν < 0) at that end: the bracket shrinks to ν. None if it does not converge (the "hard case": then
+        the eigenbasis)."""
         eps = torch.finfo(self.P.dtype).eps
-        nu, m = 0.0, None
+        nu = 0.0
         for _ in range(iterations):
             L = self.factor(nu)
             if L is None:
@@ -471,8 +472,8 @@ class _Quadratic:
         so the minimum lies on the kink d = 0: a quadratic problem with one quadratic equality constraint, for which
         the S-lemma gives strong duality: m(ν*) with ν* the root of d(ν) on the positive-definite interval (d is
         strictly decreasing there, from +∞ to −∞ unless the data miss an end's eigenvector), found in the
-        eigenbasis (``_eigen``), or by Newton on d with a factorisation per step where both pieces' systems are
-        positive definite (``kink="newton"``, the default: the same point, several times cheaper).
+        eigenbasis (``_eigen``), or by Newton on d with a factorisation per step (``kink="newton"``, the default: the
+        same point, several times cheaper; the eigenbasis stays its fallback).
         """
         for nu in (lam, -lam):
             m = self.solve(nu)
