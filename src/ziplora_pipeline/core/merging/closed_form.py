@@ -53,6 +53,16 @@ from .ziplora_layer import overlap_terms
 logger = logging.getLogger(__name__)
 
 
+PRECISIONS = {"float64": torch.float64, "float32": torch.float32}  # ``precision``: the systems' and solves' dtype
+OUTPUT_WEIGHTINGS = ("none", "layer", "model")
+
+
+def _accumulate(sums: dict[str, torch.Tensor], key: str, rows: torch.Tensor) -> None:
+    """sums[key] += rowsᵀ rows (rows (N, n) -> (n, n)), in place once the entry exists: the input statistics' Σ x xᵀ
+    and the output weights' Σ g gᵀ."""
+    sums[key] = sums[key].addmm_(rows.T, rows) if key in sums else rows.T @ rows
+
+
 def layer_inputs(x: torch.Tensor, conv: bool) -> torch.Tensor:
     """A layer's input as rows of vectors (N, n): a Linear's (..., n), a 1×1 convolution's (N, n, H, W) per pixel."""
     return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]) if conv else x.reshape(-1, x.shape[-1])
@@ -137,8 +147,7 @@ class _Recorder:
         # fp64: accumulated in fp32 the matrices' rounding (~1e-7 of their largest eigenvalue) exceeds the default
         # ridge and left systems of the miniature merge indefinite (measured; e.g. up_blocks.0...attn2.to_out.0)
         rows = layer_inputs(x.detach(), conv).double()
-        m = self.stats.moments
-        m[group] = m[group].addmm_(rows.T, rows) if group in m else rows.T @ rows
+        _accumulate(self.stats.moments, group, rows)
         self.stats.rows[group] = self.stats.rows.get(group, 0) + rows.shape[0]
         if len(self._seen) > 1024:  # drop the entries of freed tensors
             self._seen = {k: v for k, v in self._seen.items() if v[0]() is not None}
@@ -582,11 +591,8 @@ def record_output_moments(unet, wrappers: dict, name: str, inputs, scheduler, dr
 
     t0 = time.perf_counter()
     generator = torch.Generator().manual_seed(seed + 1)  # other draws than the input statistics'
-    sums = stats.outputs
-
     def grad_hook(path: str, conv: bool, g: torch.Tensor) -> None:
-        rows = layer_inputs(g.detach(), conv).double()  # (N, out): one row per output position
-        sums[path] = sums[path].addmm_(rows.T, rows) if path in sums else rows.T @ rows
+        _accumulate(stats.outputs, path, layer_inputs(g.detach(), conv).double())  # rows (N, out): one per position
 
     def out_hook(path: str, conv: bool, module, args, out) -> None:
         if out.requires_grad:
@@ -661,11 +667,10 @@ def solve_all(loras: dict[str, dict[str, LoraFactors]], stats: dict[str, Concept
     solves: half the factorisations' time on a CPU, accurate where the ridge keeps the systems well conditioned
     (ρ = 3: relative merger error ~1e-5 measured; not for a ridge near 0, where float32 rounding leaves systems
     indefinite)."""
-    dtypes = {"float64": torch.float64, "float32": torch.float32}
-    if precision not in dtypes:
+    if precision not in PRECISIONS:
         raise ValueError(f"precision must be float64 or float32, got {precision!r}.")
-    dtype = dtypes[precision]
-    if output_weighting not in ("none", "layer", "model"):
+    dtype = PRECISIONS[precision]
+    if output_weighting not in OUTPUT_WEIGHTINGS:
         raise ValueError(f"output_weighting must be none, layer or model, got {output_weighting!r}.")
     if output_weighting != "none":
         lacking = [n for n in loras if n in stats and not stats[n].outputs]

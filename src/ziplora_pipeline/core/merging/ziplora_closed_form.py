@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ..config_utils import require
 from ..evaluation.cost import measure
 from .build import lora_file_mb, method_cost
-from .closed_form import solve_all
+from .closed_form import OUTPUT_WEIGHTINGS, PRECISIONS, solve_all
 from .export import ziplora_file
 from .method import BuildContext, MergeMethod
 
@@ -53,9 +53,9 @@ class ZipLoraClosedFormOptions:
         require(self.local_lr > 0, "ziplora_closed_form local_lr must be > 0.")
         require(self.refine_lr is None or self.refine_lr > 0, "ziplora_closed_form refine_lr must be > 0.")
         require(self.prompt_ridge is None or self.prompt_ridge >= 0, "ziplora_closed_form prompt_ridge must be >= 0.")
-        require(self.precision in ("float64", "float32"),
+        require(self.precision in PRECISIONS,
                 f"ziplora_closed_form precision must be float64 or float32, got {self.precision!r}.")
-        require(self.output_weighting in ("none", "layer", "model"),
+        require(self.output_weighting in OUTPUT_WEIGHTINGS,
                 f"ziplora_closed_form output_weighting must be none, layer or model, got {self.output_weighting!r}.")
 
 
