@@ -266,7 +266,7 @@ def solver_run(job, unet, inputs, loras, device, solver: str, sched) -> dict:
         sync()
         t0 = time.perf_counter()
         stats = {n: record_concept_stats(unet, wrappers, n, inputs[n], sched, job["draws"], (0, 1000),
-                                         job["stats_batch"], 0) for n in loras}
+                                         job["stats_batch"], 0, job["statistics_precision"]) for n in loras}
         sync()
         t1 = time.perf_counter()
         counts = {}
@@ -416,11 +416,20 @@ def measure(name: str, spec: dict, resolution: int, rank: int, repeats: int, ste
 def measure_solvers(name: str, spec: dict, resolution: int, rank: int, repeats: int, gradient_steps: int,
                     draws: int, stats_batch: int, ridge: float, overlap: str, local_steps: int,
                     prompt_ridge: float | None, precision: str = "float64", refine_steps: int = 0,
-                    refine_lr: float = 0.01) -> dict:
+                    refine_lr: float = 0.01, statistics_precision: str = "float64", memory_only: bool = False) -> dict:
     job = {"model": name, "spec": spec, "resolution": resolution, "rank": rank, "repeats": repeats,
            "gradient_steps": gradient_steps, "draws": draws, "stats_batch": stats_batch, "ridge": ridge,
            "overlap": overlap, "local_steps": local_steps, "prompt_ridge": prompt_ridge, "precision": precision,
-           "refine_steps": refine_steps, "refine_lr": refine_lr, "timeout": 7200}
+           "refine_steps": refine_steps, "refine_lr": refine_lr, "statistics_precision": statistics_precision,
+           "timeout": 7200}
+    if memory_only:  # the peaks alone (fresh workers): the statistics' draws do not change them, their batch does
+        mem = {s: spawn({**job, "mode": "solver_mem", "solver": s, "repeats": 1})["peak_mb"]
+               for s in ("gradient", "closed_form")}
+        return {"peak_mb_above_model": {"gradient_checkpointing_2_steps": round(mem["gradient"], 1),
+                                        "closed_form": round(mem["closed_form"], 1)},
+                "closed_over_gradient_peak": round(mem["closed_form"] / mem["gradient"], 3),
+                "resolution": resolution, "rank": rank, "draws_per_concept": draws, "stats_batch": stats_batch,
+                "ridge": ridge, "precision": precision, "statistics_precision": statistics_precision}
     timing = spawn({**job, "mode": "solver_time"})
     runs = timing.pop("runs")
     grad = [r["seconds"] if gradient_steps >= 100 else 100 * statistics.median(r["step_s"]) for r in runs["gradient"]]
@@ -451,7 +460,7 @@ def measure_solvers(name: str, spec: dict, resolution: int, rank: int, repeats: 
                                 "closed_form": round(mem["closed_form"], 1) if mem["closed_form"] else None},
         "draws_per_concept": draws, "stats_batch": stats_batch, "ridge": ridge,
         "overlap": overlap, "local_steps": local_steps, "prompt_ridge": prompt_ridge, "precision": precision,
-        "refine_steps": refine_steps, "refine_lr": refine_lr, "rank": rank, "resolution": resolution,
+        "statistics_precision": statistics_precision, "refine_steps": refine_steps, "refine_lr": refine_lr, "rank": rank, "resolution": resolution,
         "repeats": repeats, **timing,
     }
 
@@ -474,6 +483,12 @@ def main(argv=None) -> int:
     p.add_argument("--refine-steps", type=int, help="--solvers: the hybrid's optimiser steps from the closed form "
                    "(default: the method's)")
     p.add_argument("--refine-lr", type=float, help="--solvers: their learning rate (default: the method's)")
+    p.add_argument("--statistics-precision", help="--solvers: the statistics' stored precision, float32 | float64 "
+                   "(default: merge.closed_form_statistics_precision's)")
+    p.add_argument("--memory-only", action="store_true", help="--solvers: only the two peaks (fresh workers; the "
+                   "statistics from one batch of draws, which sets their memory)")
+    p.add_argument("--resolution", type=int, help="--solvers: the images' size in pixels (default: toy 64, large "
+                   "128); the closed form's statistics do not grow with it, the optimiser's activations do")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
@@ -494,15 +509,22 @@ def main(argv=None) -> int:
         precision = args.precision or defaults.precision
         refine_steps = args.refine_steps if args.refine_steps is not None else defaults.refine_steps
         refine_lr = args.refine_lr or defaults.refine_lr or 0.01
+        from ziplora_pipeline.core.merging.optimise import MergeConfig
+
+        statistics_precision = args.statistics_precision or MergeConfig().closed_form_statistics_precision
         for name in args.models.split(","):
             spec, resolution, _ = models[name]
+            resolution = args.resolution or resolution
             rank = 8 if name == "toy" else 4 if (name == "tiny" or args.quick) else 64
             steps = args.gradient_steps or (100 if name in ("toy", "tiny") and not args.quick else 5)
             results[name] = measure_solvers(name, spec, resolution, rank, args.repeats or (2 if args.quick else 3),
-                                            steps, draws=4 if args.quick else 16, stats_batch=4 if name == "large" else 16,
+                                            steps, draws=4 if args.quick or args.memory_only else 16,
+                                            stats_batch=4 if name == "large" else 16,
                                             ridge=ridge, overlap=overlap, local_steps=local_steps,
                                             prompt_ridge=prompt_ridge, precision=precision,
-                                            refine_steps=refine_steps, refine_lr=refine_lr)
+                                            refine_steps=refine_steps, refine_lr=refine_lr,
+                                            statistics_precision=statistics_precision,
+                                            memory_only=args.memory_only)
             logger.info("%s: %s", name, json.dumps(results[name]))
         print(json.dumps(results))
         return 0

@@ -90,6 +90,28 @@ def test_the_kink_by_newton_is_the_kink_of_the_eigenbasis(seed, lam):
     assert abs(float(a[newton.bc] @ a[newton.bs])) < 1e-10
 
 
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_schur_complement_solves_the_whole_system(seed, dtype):
+    """Every member of the family (P + ν/2 J) m = r solved through the style block's Schur complement (ours) is the
+    2n × 2n system's solution, and it reports "not positive definite" exactly where the whole matrix is not."""
+    f, X = _layer(seed)
+    q = layer_quadratic(f, {k: x.T @ x for k, x in X.items()}, ridge=0.01, dtype=dtype)
+    n = q.P.shape[0] // 2
+    J = torch.zeros(2 * n, 2 * n, dtype=torch.float64)
+    J[:n, n:] = J[n:, :n] = torch.eye(n, dtype=torch.float64)
+    P = q.P.double()
+    lowest = float(torch.linalg.eigvalsh(torch.linalg.solve(torch.linalg.cholesky(P), J) @
+                                         torch.linalg.inv(torch.linalg.cholesky(P)).T).min())
+    edge = -2 / lowest  # P + ν/2 J stops being positive definite at ν = −2/μ_min (> 0)
+    tol = 1e-9 if dtype == torch.float64 else 2e-4
+    for nu in (0.0, 0.5 * edge, -0.3 * edge, 0.99 * edge):
+        m = q.solve(nu)
+        want = torch.linalg.solve(P + nu / 2 * J, q.r.double())
+        torch.testing.assert_close(m.double(), want, atol=tol * float(want.abs().max()), rtol=0)
+    assert q.solve(1.01 * edge) is None and q.factor(1.5 * edge) is None
+
+
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("lam", [0.01, 0.5])
 def test_non_quadratic_overlap_is_refined_on_the_recorded_statistics(seed, lam):
@@ -377,3 +399,38 @@ def test_float32_systems_give_the_float64_mergers_where_the_ridge_conditions_the
         torch.testing.assert_close(f32[k], f64[k], atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="precision must be float64 or float32"):
         solve_all(loras, stats(), lam, precision="half")
+
+
+def test_float32_statistics_are_the_float64_ones_rounded_and_solve_alike(trained, base_cfg, caplog):
+    """``merge.closed_form_statistics_precision: float32`` (ours): the matrices are summed in float64 and stored in
+    float32 (half the memory and file), equal to the float64 ones to float32 rounding; the entry's default solve
+    (ρ 3, float32) from them gives the same mergers to 1e-4, and a float64 solve from them says what bounds it."""
+    import dataclasses
+    import logging
+
+    from ziplora_pipeline.core.merging.closed_form import record_alone
+    from ziplora_pipeline.core.merging.optimise import default_scheduler
+    from ziplora_pipeline.core.merging.ziplora_closed_form import ZipLoraClosedForm, ZipLoraClosedFormOptions
+
+    pipe = load_base_pipeline(base_cfg)
+    stats = {p: {n: record_alone(pipe.unet, trained["factors"][n], n, trained["inputs"][n], default_scheduler(), 2,
+                                 (0, 1000), 2, 0, precision=p) for n in trained["factors"]}
+             for p in ("float32", "float64")}
+    for n in trained["factors"]:
+        for g, C in stats["float32"][n].moments.items():
+            assert C.dtype == torch.float32
+            torch.testing.assert_close(C.double(), stats["float64"][n].moments[g], rtol=1e-6,
+                                       atol=1e-6 * float(C.abs().max()))
+        back = ConceptStats.from_tensors(stats["float32"][n].to_tensors())
+        assert all(C.dtype == torch.float32 for C in back.moments.values())
+    solved = {p: solve_all(trained["factors"], {n: dataclasses.replace(s, moments=dict(s.moments))
+                                                for n, s in stats[p].items()}, 0.01, "dot", True, 3.0,
+                           precision="float32") for p in stats}
+    assert max((solved["float32"][k] - solved["float64"][k]).abs().max().item() for k in solved["float64"]) < 1e-4
+    ctx = dataclasses.replace(trained["ctx"], statistics=stats["float32"])
+    with caplog.at_level(logging.WARNING):
+        ZipLoraClosedForm("cf64", ZipLoraClosedFormOptions(precision="float64")).build(ctx)
+    assert "float32 statistics" in caplog.text and "closed_form_statistics_precision" in caplog.text
+    with pytest.raises(ValueError, match="precision must be float64 or float32"):
+        record_alone(pipe.unet, trained["factors"]["subject"], "subject", trained["inputs"]["subject"],
+                     default_scheduler(), 1, (0, 1000), 1, 0, precision="bf16")

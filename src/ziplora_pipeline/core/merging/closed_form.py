@@ -20,10 +20,11 @@ minimiser is one symmetric 2n × 2n solve:
 (e_1 = [1; 0], e_2 = [0; 1]; ρ ‖m − 1‖² a ridge that keeps the mergers of directions no input reaches at the
 all-ones start). The paper's term is |m_cᵀ m_s|, and at the paper's λ the system above is indefinite in nearly
 every layer (its smallest eigenvalue is below λ/2), so the minimum lies on the kink m_cᵀ m_s = 0. Both are solved
-exactly (``_Quadratic.dot_minimum``): where a convex piece holds the minimum, one Cholesky factorisation; on the
-kink, one 2n × 2n eigendecomposition turns every solve of the family (P + ν/2 J) m = r into a scalar equation in ν
-whose root is the kink's multiplier. With a larger ridge (the mergers held nearer the direct merge) fewer layers
-reach the kink, and the solve is cheaper. For the overlap forms that are not quadratic
+exactly (``_Quadratic.dot_minimum``): where a convex piece holds the minimum, one solve; on the kink, safeguarded
+Newton on the multiplier ν of (P + ν/2 J) m = r, whose root makes m_cᵀ m_s = 0 (7-11 solves per layer). Every solve
+of that family shares one precomputed Schur complement, so each costs one n × n factorisation, not a 2n × 2n one
+(``_Quadratic._schur``, ours); the 2n × 2n eigenbasis is only the fallback. With a larger ridge (the mergers held
+nearer the direct merge) fewer layers reach the kink, and the solve is cheaper. For the overlap forms that are not quadratic
 (``cosine``, ``mean_product``): a few L-BFGS iterations on the same recorded statistics from two starts (the dot
 form's exact minimiser at the weight that matches the form's penalty, and the reconstruction terms' minimiser),
 still without a UNet pass. The closest
@@ -31,8 +32,8 @@ published relative is RegMean (Jin et al., ICLR 2023), which merges linear layer
 input Gram matrices.
 
 Statistics come from ``draws`` forward passes of each concept's own model (mergers one-hot) on its own
-noisy latents, accumulated in fp64 per distinct layer input by forward pre-hooks (``ConceptStats``); each layer is
-solved in fp64.
+noisy latents, summed in fp64 per distinct layer input by forward pre-hooks and stored in fp64 or fp32
+(``ConceptStats``); each layer is solved in fp64 or fp32 (``precision``).
 """
 
 from __future__ import annotations
@@ -57,10 +58,16 @@ PRECISIONS = {"float64": torch.float64, "float32": torch.float32}  # ``precision
 OUTPUT_WEIGHTINGS = ("none", "layer", "model")
 
 
-def _accumulate(sums: dict[str, torch.Tensor], key: str, rows: torch.Tensor) -> None:
-    """sums[key] += rowsᵀ rows (rows (N, n) -> (n, n)), in place once the entry exists: the input statistics' Σ x xᵀ
-    and the output weights' Σ g gᵀ."""
-    sums[key] = sums[key].addmm_(rows.T, rows) if key in sums else rows.T @ rows
+def _accumulate(sums: dict[str, torch.Tensor], key: str, rows: torch.Tensor,
+                dtype: torch.dtype = torch.float64) -> None:
+    """sums[key] += rowsᵀ rows (rows (N, n) fp64 -> (n, n)): the input statistics' Σ x xᵀ and the output weights'
+    Σ g gᵀ. Stored in ``dtype``: float64 in place (no temporary); float32 (ours: half the memory) as each call's
+    float64 product rounded once, so the rounding is one float32 ulp per call, not per row."""
+    if key in sums and sums[key].dtype == rows.dtype:
+        sums[key].addmm_(rows.T, rows)
+        return
+    gram = rows.T @ rows
+    sums[key] = sums[key].add_(gram) if key in sums else gram.to(dtype)
 
 
 def layer_inputs(x: torch.Tensor, conv: bool) -> torch.Tensor:
@@ -70,7 +77,8 @@ def layer_inputs(x: torch.Tensor, conv: bool) -> torch.Tensor:
 
 @dataclass
 class ConceptStats:
-    """One concept's recorded layer inputs: Σ x xᵀ (n, n) in fp64 per *distinct* input, under its own model.
+    """One concept's recorded layer inputs: Σ x xᵀ (n, n) per *distinct* input, under its own model (summed in fp64,
+    stored in fp64 or, ``merge.closed_form_statistics_precision: float32``, in fp32).
 
     Layers that read the same tensor share one matrix (``group_of``): an attention block's to_q, to_k and to_v on
     its hidden states, and every cross-attention to_k / to_v on the one prompt embedding (so SDXL stores one
@@ -119,14 +127,15 @@ class ConceptStats:
 
 
 class _Recorder:
-    """Forward pre-hooks that add each adapted layer's input rows to its group's Σ x xᵀ (fp64, on the device).
+    """Forward pre-hooks that add each adapted layer's input rows to its group's Σ x xᵀ (on the device; summed in fp64,
+    stored in ``dtype``).
 
     A layer whose input *is* (the same tensor object as) an input already recorded joins that input's group
     instead of adding it again. Inputs are remembered by weak reference, so nothing is kept alive and a reused
     ``id`` of a freed tensor cannot be mistaken for it."""
 
-    def __init__(self, stats: ConceptStats):
-        self.stats, self.recording = stats, False
+    def __init__(self, stats: ConceptStats, dtype: torch.dtype = torch.float64):
+        self.stats, self.recording, self.dtype = stats, False, dtype
         self._seen: dict[int, tuple[weakref.ref, str]] = {}
         self._handles: list = []
 
@@ -144,10 +153,11 @@ class _Recorder:
             self.stats.group_of.setdefault(path, seen[1])
             return
         group = self.stats.group_of.setdefault(path, path)
-        # fp64: accumulated in fp32 the matrices' rounding (~1e-7 of their largest eigenvalue) exceeds the default
-        # ridge and left systems of the miniature merge indefinite (measured; e.g. up_blocks.0...attn2.to_out.0)
+        # summed in fp64: a float32 matrix's rounding (~1e-7 of its largest eigenvalue) exceeds a ridge near 0 and
+        # left systems of the miniature merge indefinite (measured at ρ = 1e-6; e.g. up_blocks.0...attn2.to_out.0), so
+        # float32 storage is for a ridge that dwarfs it (the ziplora_closed_form entry's 3)
         rows = layer_inputs(x.detach(), conv).double()
-        _accumulate(self.stats.moments, group, rows)
+        _accumulate(self.stats.moments, group, rows, self.dtype)
         self.stats.rows[group] = self.stats.rows.get(group, 0) + rows.shape[0]
         if len(self._seen) > 1024:  # drop the entries of freed tensors
             self._seen = {k: v for k, v in self._seen.items() if v[0]() is not None}
@@ -341,8 +351,9 @@ def _singular(C: torch.Tensor) -> bool:
 
 class _Quadratic:
     """One layer's reconstruction terms plus the ridge, Q(m) = mᵀ P m − 2 rᵀ m + const (P = S + ρ I, r = rhs + ρ 1),
-    and the family of dot-form solves m(ν) = (P + ν/2 J)⁻¹ r: one Cholesky factorisation each (``solve``) or, on the
-    kink, all of them in one eigenbasis (``_eigen``).
+    and the family of dot-form solves m(ν) = (P + ν/2 J)⁻¹ r: one n × n factorisation of a Schur complement each after
+    one precomputation per layer (``_schur``, ``solve``) or, the kink's fallback, all of them in one eigenbasis
+    (``_eigen``).
 
     With P = L Lᵀ (Cholesky) and L⁻¹ J L⁻ᵀ = V diag(μ) Vᵀ (one 2n × 2n eigendecomposition), P + ν/2 J =
     L V diag(1 + ν μ / 2) Vᵀ Lᵀ: every m(ν) is L⁻ᵀ V z(ν) with z_i = w_i / (1 + ν μ_i / 2), w = Vᵀ L⁻¹ r, and
@@ -363,51 +374,87 @@ class _Quadratic:
 
     @functools.cached_property
     def L(self) -> torch.Tensor:
-        """P = L Lᵀ: needed by the reconstruction minimiser and the kink, not by a convex piece's minimiser."""
+        """P = L Lᵀ (2n × 2n): needed only by the kink's fallback, the eigenbasis (``_eigen``)."""
         L, info = torch.linalg.cholesky_ex(self.P)
         if info != 0:
             raise ValueError(f"{self.where}: the closed-form system is not positive definite even with the ridge "
                              f"(ρ = {self.rho:.3g}); raise merge.closed_form_ridge.")
         return L
 
+    @functools.cached_property
+    def _schur(self):
+        """The pieces of P + ν/2 J's Schur complement on the style's block, computed once per layer (ours):
+
+            S(ν) = P_ss − (P_sc + ν/2 I) P_cc⁻¹ (P_cs + ν/2 I) = A₀ − ν/2 A₁ − ν²/4 A₂                 (n, n)
+
+        with A₀ = P_ss − P_sc P_cc⁻¹ P_cs, A₁ = P_cc⁻¹ P_cs + P_sc P_cc⁻¹, A₂ = P_cc⁻¹. P_cc is positive definite
+        (P is), so P + ν/2 J is positive definite exactly where S(ν) is, and every member of the family costs one
+        n × n factorisation (an eighth of a 2n × 2n one) after this precomputation (one n × n factorisation, two
+        triangular solves, one product and one inverse: about two 2n × 2n factorisations' time). The kink takes
+        7-11 members per layer, so this is what makes it cheap; a convex piece's layer takes two either way.
+        Returns (L_c, A₀, A₁, A₂) (n, n) each."""
+        bc, bs = self.bc, self.bs
+        Lc, info = torch.linalg.cholesky_ex(self.P[bc, bc])
+        if info != 0:
+            raise ValueError(f"{self.where}: the closed-form system is not positive definite even with the ridge "
+                             f"(ρ = {self.rho:.3g}); raise merge.closed_form_ridge.")
+        Y = torch.linalg.solve_triangular(Lc, self.P[bc, bs], upper=False)  # L_c⁻¹ P_cs
+        A0 = self.P[bs, bs] - Y.T @ Y
+        F = torch.linalg.solve_triangular(Lc.T, Y, upper=True)  # L_c⁻ᵀ L_c⁻¹ P_cs = P_cc⁻¹ P_cs
+        del Y
+        # row-major copies: LAPACK returns column-major matrices, and adding them to the row-major A₀ on every ν ran
+        # 25× slower than contiguous ones (measured: 50 vs 2 ms for n = 2048)
+        return Lc, A0, (F + F.T).contiguous(), torch.cholesky_inverse(Lc).contiguous()
+
     def factor(self, nu: float) -> torch.Tensor | None:
-        """The Cholesky factor of P + ν/2 J (2n × 2n), or None where it is not positive definite. J = [[0, I], [I, 0]]
-        only adds ν/2 to the diagonals of the off-diagonal blocks; one work buffer serves every ν."""
-        if nu == 0.0:
-            return self.L
+        """The Cholesky factor of the Schur complement S(ν) (n × n, ``_schur``), or None where P + ν/2 J is not
+        positive definite. One work buffer serves every ν."""
+        _, A0, A1, A2 = self._schur
         work = self.__dict__.get("_work")
         if work is None:
-            work = self._work = torch.empty_like(self.P)
-        work.copy_(self.P)
-        idx = torch.arange(self.bc.start, self.bc.stop, device=work.device)
-        jdx = torch.arange(self.bs.start, self.bs.stop, device=work.device)
-        work[idx, jdx] += nu / 2
-        work[jdx, idx] += nu / 2
+            work = self._work = torch.empty_like(A0)
+        torch.add(A0, A1, alpha=-nu / 2, out=work)
+        if nu:
+            work.add_(A2, alpha=-nu * nu / 4)
         L, info = torch.linalg.cholesky_ex(work)
         return None if info != 0 else L
 
+    def _solve_with(self, Ls: torch.Tensor, nu: float, rhs: torch.Tensor) -> torch.Tensor:
+        """(P + ν/2 J)⁻¹ rhs (2n,) by block elimination with S(ν) = Ls Lsᵀ: m_s = S⁻¹ (rhs_s − B(ν)ᵀ P_cc⁻¹ rhs_c),
+        m_c = P_cc⁻¹ (rhs_c − B(ν) m_s), B(ν) = P_cs + ν/2 I; the P_cc⁻¹ by its factor (two triangular solves)."""
+        Lc = self._schur[0]
+        bc, bs = self.bc, self.bs
+        Pcs = self.P[bc, bs]
+        y = torch.cholesky_solve(rhs[bc, None], Lc)[:, 0]
+        ms = torch.cholesky_solve((rhs[bs] - Pcs.T @ y - (nu / 2) * y)[:, None], Ls)[:, 0]
+        mc = torch.cholesky_solve((rhs[bc] - Pcs @ ms - (nu / 2) * ms)[:, None], Lc)[:, 0]
+        m = torch.empty_like(rhs)
+        m[bc], m[bs] = mc, ms
+        return m
+
     def solve(self, nu: float) -> torch.Tensor | None:
-        """m(ν) = (P + ν/2 J)⁻¹ r by one Cholesky factorisation, or None where P + ν/2 J is not positive definite."""
-        L = self.factor(nu)
-        return None if L is None else torch.cholesky_solve(self.r[:, None], L)[:, 0]
+        """m(ν) = (P + ν/2 J)⁻¹ r by one n × n factorisation, or None where P + ν/2 J is not positive definite."""
+        Ls = self.factor(nu)
+        return None if Ls is None else self._solve_with(Ls, nu, self.r)
 
     def _kink_by_newton(self, lo: float, hi: float, iterations: int) -> torch.Tensor | None:
         """The kink's m(ν*), d(ν*) = m_cᵀ m_s = 0, for a multiplier ν* in (lo, hi) = (−λ, λ) (it is a subgradient of
-        λ |d| at d = 0): safeguarded Newton on d, d'(ν) = −½ (J m)ᵀ (P + ν/2 J)⁻¹ (J m) < 0, one Cholesky
-        factorisation per step (7-11 per layer measured on random layers, the two pieces' solves included), against
-        the eigenbasis's O((2n)³) eigendecomposition (10-20 factorisations' worth on a CPU). Where P + ν/2 J is not
+        λ |d| at d = 0): safeguarded Newton on d, d'(ν) = −½ (J m)ᵀ (P + ν/2 J)⁻¹ (J m) < 0, one n × n Schur
+        complement factorisation per step (7-11 per layer measured on random layers, the two pieces' solves
+        included), against the eigenbasis's O((2n)³) eigendecomposition (10-20 2n × 2n factorisations' worth on a
+        CPU). Where P + ν/2 J is not
         positive definite, ν lies beyond the end of the interval around 0 on which it is, and d tends to −∞ (ν > 0)
         or +∞ (ν < 0) at that end: the bracket shrinks to ν. None if it does not converge (the "hard case": then
         the eigenbasis)."""
         eps = torch.finfo(self.P.dtype).eps
         nu = 0.0
         for _ in range(iterations):
-            L = self.factor(nu)
-            if L is None:
+            Ls = self.factor(nu)
+            if Ls is None:
                 lo, hi = (lo, nu) if nu > 0 else (nu, hi)
                 nu = 0.5 * (lo + hi)
                 continue
-            m = torch.cholesky_solve(self.r[:, None], L)[:, 0]
+            m = self._solve_with(Ls, nu, self.r)
             mc, ms = m[self.bc], m[self.bs]
             d = float(mc @ ms)
             cos = abs(d) / max(float(mc.norm() * ms.norm()), 1e-300)
@@ -419,7 +466,7 @@ class _Quadratic:
             # d' = mᵀ J m' with m' = dm/dν = −½ (P + ν/2 J)⁻¹ J m: one more solve with the same factorisation (Halley's
             # step, with d'' = 3 m'ᵀ J m', overshot the root on random layers and took as many steps: not used)
             Jm = torch.cat([ms, mc])
-            slope = -0.5 * float(Jm @ torch.cholesky_solve(Jm[:, None], L)[:, 0])
+            slope = -0.5 * float(Jm @ self._solve_with(Ls, nu, Jm))
             step = nu - d / slope if slope < 0 else None
             nu = step if step is not None and lo < step < hi else 0.5 * (lo + hi)
         return None
@@ -552,17 +599,21 @@ def layer_objective(m: dict[str, torch.Tensor], factors: dict[str, LoraFactors],
 
 @torch.no_grad()
 def record_concept_stats(unet, wrappers: dict, name: str, inputs, scheduler, draws: int,
-                         timestep_range: tuple[int, int], batch_size: int, seed: int) -> ConceptStats:
+                         timestep_range: tuple[int, int], batch_size: int, seed: int,
+                         precision: str = "float64") -> ConceptStats:
     """Σ x xᵀ of every adapted layer's input under the concept's own model (its merger 1, any other LoRA's 0) on
     ``draws`` (image, noise, t) draws of the concept from its own generator (``seed``): forward passes only, so the
-    result depends on the concept alone and a grid can reuse it for every pair it is in."""
+    result depends on the concept alone and a grid can reuse it for every pair it is in. ``precision``: the stored
+    matrices' (``PRECISIONS``; summed in float64 either way)."""
     from ..diffusion.sdxl import noisy_batch, predict_in_chunks
     from .ziplora_layer import set_mergers
 
     t0 = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
     stats = ConceptStats()
-    recorder = _Recorder(stats)
+    if precision not in PRECISIONS:
+        raise ValueError(f"the statistics' precision must be float64 or float32, got {precision!r}.")
+    recorder = _Recorder(stats, PRECISIONS[precision])
     recorder.attach(wrappers)
     try:
         idx = torch.randint(0, inputs.latent_mean.shape[0], (draws,), generator=generator)
@@ -619,7 +670,8 @@ def record_output_moments(unet, wrappers: dict, name: str, inputs, scheduler, dr
 
 
 def record_alone(unet, factors: dict[str, LoraFactors], name: str, inputs, scheduler, draws: int,
-                 timestep_range: tuple[int, int], batch_size: int, seed: int, output_draws: int = 0) -> ConceptStats:
+                 timestep_range: tuple[int, int], batch_size: int, seed: int, output_draws: int = 0,
+                 precision: str = "float64") -> ConceptStats:
     """``record_concept_stats`` with the concept's LoRA alone attached to ``unet`` (restored after): what the merge
     stage's and the grid's ``input_statistics`` nodes record; with ``output_draws`` > 0 also the layers' output
     weights (``record_output_moments``)."""
@@ -627,7 +679,8 @@ def record_alone(unet, factors: dict[str, LoraFactors], name: str, inputs, sched
 
     wrappers = attach_ziplora(unet, {name: factors})
     try:
-        stats = record_concept_stats(unet, wrappers, name, inputs, scheduler, draws, timestep_range, batch_size, seed)
+        stats = record_concept_stats(unet, wrappers, name, inputs, scheduler, draws, timestep_range, batch_size, seed,
+                                     precision)
         if output_draws:
             record_output_moments(unet, wrappers, name, inputs, scheduler, output_draws, timestep_range, seed, stats)
         return stats

@@ -62,6 +62,10 @@ class MergeConfig:
     # ours: > 0 also records each layer's output weight (Gauss-Newton, one forward + backward per draw) for the
     # ziplora_closed_form method's output_weighting
     closed_form_output_draws: int = 0
+    # ours: float32 | float64, the stored precision of the statistics the ziplora_closed_form method is solved from
+    # (summed in float64 either way; float32 halves their memory and file, enough at its ridge 3; merge.solver:
+    # closed_form, at closed_form_ridge 1e-6, records its own in float64)
+    closed_form_statistics_precision: str = "float32"
 
     def __post_init__(self):
         require(self.steps >= 0, f"merge.steps must be >= 0, got {self.steps}.")
@@ -79,6 +83,9 @@ class MergeConfig:
         require(self.closed_form_draws > 0 and self.closed_form_batch_size > 0 and self.closed_form_ridge >= 0,
                 "merge.closed_form_draws and merge.closed_form_batch_size must be > 0, merge.closed_form_ridge >= 0.")
         require(self.closed_form_output_draws >= 0, "merge.closed_form_output_draws must be >= 0.")
+        require(self.closed_form_statistics_precision in ("float32", "float64"),
+                f"merge.closed_form_statistics_precision must be float32 or float64, got "
+                f"{self.closed_form_statistics_precision!r}.")
 
     @property
     def objective(self) -> Objective:

@@ -7,8 +7,11 @@ concept for all its pairs)."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from dataclasses import dataclass
+
+import torch
 
 from ..config_utils import require
 from ..evaluation.cost import measure
@@ -16,6 +19,8 @@ from .build import lora_file_mb, method_cost
 from .closed_form import OUTPUT_WEIGHTINGS, PRECISIONS, solve_all
 from .export import ziplora_file
 from .method import BuildContext, MergeMethod
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,11 @@ class ZipLoraClosedForm(MergeMethod):
         # a shallow copy: the solve releases each matrix once used, and other entries may solve from the same stats
         stats = {n: dataclasses.replace(stats[n], moments=dict(stats[n].moments), outputs=dict(stats[n].outputs))
                  for n in ("subject", "style")}
+        if o.precision == "float64" and any(C.dtype != torch.float64 for s in stats.values() for C in s.moments.values()):
+            logger.warning("Method '%s' solves in float64 from float32 statistics: their rounding (~1e-7 of each "
+                           "matrix's largest eigenvalue) bounds its precision; for a ridge near 0 set "
+                           "merge.closed_form_statistics_precision: float64 and rerun the input_statistics nodes.",
+                           self.name)
         t0 = time.perf_counter()
         with measure(ctx.device) as cost:
             mergers = solve_all(ctx.factors, stats, o.lambda_overlap, o.overlap, o.normalize_recon, o.ridge,

@@ -95,7 +95,8 @@ def input_statistics(lora: LoraFile, images: dict[str, Image.Image], prompt: dic
     name = next(iter(factors))
     inputs = encode_concept(pipe, [images[k] for k in sorted(images)], prompt["prompt"])
     stats = record_alone(pipe.unet, factors[name], name, inputs, training_scheduler(pipe), cfg.closed_form_draws,
-                         cfg.timestep_range, cfg.closed_form_batch_size, cfg.seed, cfg.closed_form_output_draws)
+                         cfg.timestep_range, cfg.closed_form_batch_size, cfg.seed, cfg.closed_form_output_draws,
+                         cfg.closed_form_statistics_precision)
     logger.info("Input statistics of '%s': %d layers reading %d distinct inputs, %d draws (%d with output weights) "
                 "in %.1f s", prompt["prompt"], len(stats.group_of), len(stats.moments), cfg.closed_form_draws,
                 cfg.closed_form_output_draws, stats.seconds)
