@@ -31,6 +31,7 @@ exact solve, dot overlap; with ``--refine-steps K`` the hybrid: K optimiser step
 gradient checkpointing (the issue's bound). Random LoRAs: a timing, not a quality figure (the grid verdict is that).
 
     python benchmarks/merge_step.py --solvers --models toy,large
+    python benchmarks/merge_step.py --solvers --models large --memory-only --resolution 512   # the two peaks alone
 
 Logs go to stderr; the last stdout line is one JSON object.
 """

@@ -414,13 +414,14 @@ def test_float32_statistics_are_the_float64_ones_rounded_and_solve_alike(trained
 
     pipe = load_base_pipeline(base_cfg)
     stats = {p: {n: record_alone(pipe.unet, trained["factors"][n], n, trained["inputs"][n], default_scheduler(), 2,
-                                 (0, 1000), 2, 0, precision=p) for n in trained["factors"]}
+                                 (0, 1000), 2, 0, output_draws=1, precision=p) for n in trained["factors"]}
              for p in ("float32", "float64")}
     for n in trained["factors"]:
         for g, C in stats["float32"][n].moments.items():
             assert C.dtype == torch.float32
             torch.testing.assert_close(C.double(), stats["float64"][n].moments[g], rtol=1e-6,
                                        atol=1e-6 * float(C.abs().max()))
+        assert stats["float32"][n].outputs and all(W.dtype == torch.float32 for W in stats["float32"][n].outputs.values())
         back = ConceptStats.from_tensors(stats["float32"][n].to_tensors())
         assert all(C.dtype == torch.float32 for C in back.moments.values())
     solved = {p: solve_all(trained["factors"], {n: dataclasses.replace(s, moments=dict(s.moments))

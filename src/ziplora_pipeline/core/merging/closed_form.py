@@ -90,9 +90,9 @@ class ConceptStats:
     rows: dict[str, int] = field(default_factory=dict)  # group -> N, the rows summed
     group_of: dict[str, str] = field(default_factory=dict)  # layer path -> the group it reads
     seconds: float = 0.0  # the forward passes' wall time (the closed-form merge's cost)
-    # ours, optional (``record_output_moments``): layer path -> Σ g gᵀ (out, out) fp64, g the gradient of a random
-    # projection vᵀ ε̂ of the UNet's output (v ~ N(0, I)) at the layer's output: E[g gᵀ] = Jᵀ J, the Gauss-Newton
-    # weight of that layer's output in Eq. 3's squared error (one per layer, not shared: outputs are never shared)
+    # ours, optional (``record_output_moments``): layer path -> Σ g gᵀ (out, out) (the moments' dtype), g the gradient
+    # of a random projection vᵀ ε̂ of the UNet's output (v ~ N(0, I)) at the layer's output: E[g gᵀ] = Jᵀ J, the
+    # Gauss-Newton weight of that layer's output in Eq. 3's squared error (one per layer: outputs are never shared)
     outputs: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def of(self, path: str) -> torch.Tensor | None:
@@ -628,7 +628,8 @@ def record_concept_stats(unet, wrappers: dict, name: str, inputs, scheduler, dra
 
 
 def record_output_moments(unet, wrappers: dict, name: str, inputs, scheduler, draws: int,
-                          timestep_range: tuple[int, int], seed: int, stats: ConceptStats) -> ConceptStats:
+                          timestep_range: tuple[int, int], seed: int, stats: ConceptStats,
+                          precision: str = "float64") -> ConceptStats:
     """Add to ``stats.outputs`` every adapted layer's Σ g gᵀ (out, out), g = ∂(vᵀ ε̂)/∂(layer output) per output row,
     under the concept's own model on ``draws`` draws, one forward and one backward each (ours: the Gauss-Newton
     weight of Eq. 3's squared error, E_v[g gᵀ] = Jᵀ J for v ~ N(0, I); ``layer_quadratic``'s ``outputs``).
@@ -636,14 +637,15 @@ def record_output_moments(unet, wrappers: dict, name: str, inputs, scheduler, dr
     One draw per pass keeps the memory to one sample's activations; the backward asks only for the gradients of the
     noisy latents and the prompt embedding (the cross-attention keys and values depend on the prompt alone), so no
     parameter gradient is formed. Not compatible with gradient checkpointing's recomputation (the hooks would see
-    the recomputed outputs): the UNet is run as loaded."""
+    the recomputed outputs): the UNet is run as loaded. ``precision``: the stored matrices' (summed in float64)."""
     from ..diffusion.sdxl import batch_conditioning, noisy_batch, unet_call
     from .ziplora_layer import set_mergers
 
     t0 = time.perf_counter()
     generator = torch.Generator().manual_seed(seed + 1)  # other draws than the input statistics'
     def grad_hook(path: str, conv: bool, g: torch.Tensor) -> None:
-        _accumulate(stats.outputs, path, layer_inputs(g.detach(), conv).double())  # rows (N, out): one per position
+        # rows (N, out): one per position
+        _accumulate(stats.outputs, path, layer_inputs(g.detach(), conv).double(), PRECISIONS[precision])
 
     def out_hook(path: str, conv: bool, module, args, out) -> None:
         if out.requires_grad:
@@ -682,7 +684,8 @@ def record_alone(unet, factors: dict[str, LoraFactors], name: str, inputs, sched
         stats = record_concept_stats(unet, wrappers, name, inputs, scheduler, draws, timestep_range, batch_size, seed,
                                      precision)
         if output_draws:
-            record_output_moments(unet, wrappers, name, inputs, scheduler, output_draws, timestep_range, seed, stats)
+            record_output_moments(unet, wrappers, name, inputs, scheduler, output_draws, timestep_range, seed, stats,
+                                  precision)
         return stats
     finally:
         detach_ziplora(unet, wrappers)
