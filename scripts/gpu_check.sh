@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check at real scale: full-size SDXL architecture (random weights, configs in the repo, no
 # download), saved once and loaded afresh for each stage. 20 LoRA training steps at 1024 px, 20 ZipLoRA
-# merge steps with and without gradient checkpointing (+ the dense-ΔW reference), 10 denoising steps
+# merge steps with and without gradient checkpointing (+ the dense-ΔW reference, + the closed-form merge:
+# statistics and solves, ours), 10 denoising steps
 # with the exported merged LoRA; s/step and peak GPU memory each. Needs torch, diffusers, transformers
 # and peft (not Kedro).
 #   bash scripts/gpu_check.sh                 # on one GPU: 133 s on an H100 (docs/real_sdxl.md); writes gpu_check.json
