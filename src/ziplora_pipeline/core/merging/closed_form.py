@@ -58,6 +58,13 @@ PRECISIONS = {"float64": torch.float64, "float32": torch.float32}  # ``precision
 OUTPUT_WEIGHTINGS = ("none", "layer", "model")
 
 
+def precision_dtype(precision: str, what: str = "precision") -> torch.dtype:
+    """``PRECISIONS[precision]``, or a ValueError naming ``what`` and the two choices."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"{what} must be float64 or float32, got {precision!r}.")
+    return PRECISIONS[precision]
+
+
 def _accumulate(sums: dict[str, torch.Tensor], key: str, rows: torch.Tensor,
                 dtype: torch.dtype = torch.float64) -> None:
     """sums[key] += rowsᵀ rows (rows (N, n) fp64 -> (n, n)): the input statistics' Σ x xᵀ and the output weights'
@@ -372,14 +379,18 @@ class _Quadratic:
         self.on_kink = False  # whether the minimum lay on the kink m_cᵀ m_s = 0 (several factorisations)
         self.eigendecomposed = False  # whether the kink's eigenbasis was needed (the costliest path; see ``_eigen``)
 
-    @functools.cached_property
-    def L(self) -> torch.Tensor:
-        """P = L Lᵀ (2n × 2n): needed only by the kink's fallback, the eigenbasis (``_eigen``)."""
-        L, info = torch.linalg.cholesky_ex(self.P)
+    def _cholesky(self, A: torch.Tensor) -> torch.Tensor:
+        """A = L Lᵀ for P or its block P_cc, both positive definite with the ridge, or the error that says so."""
+        L, info = torch.linalg.cholesky_ex(A)
         if info != 0:
             raise ValueError(f"{self.where}: the closed-form system is not positive definite even with the ridge "
                              f"(ρ = {self.rho:.3g}); raise merge.closed_form_ridge.")
         return L
+
+    @functools.cached_property
+    def L(self) -> torch.Tensor:
+        """P = L Lᵀ (2n × 2n): needed only by the kink's fallback, the eigenbasis (``_eigen``)."""
+        return self._cholesky(self.P)
 
     @functools.cached_property
     def _schur(self):
@@ -394,10 +405,7 @@ class _Quadratic:
         7-11 members per layer, so this is what makes it cheap; a convex piece's layer takes two either way.
         Returns (L_c, A₀, A₁, A₂) (n, n) each."""
         bc, bs = self.bc, self.bs
-        Lc, info = torch.linalg.cholesky_ex(self.P[bc, bc])
-        if info != 0:
-            raise ValueError(f"{self.where}: the closed-form system is not positive definite even with the ridge "
-                             f"(ρ = {self.rho:.3g}); raise merge.closed_form_ridge.")
+        Lc = self._cholesky(self.P[bc, bc])
         Y = torch.linalg.solve_triangular(Lc, self.P[bc, bs], upper=False)  # L_c⁻¹ P_cs
         A0 = self.P[bs, bs] - Y.T @ Y
         F = torch.linalg.solve_triangular(Lc.T, Y, upper=True)  # L_c⁻ᵀ L_c⁻¹ P_cs = P_cc⁻¹ P_cs
@@ -611,9 +619,7 @@ def record_concept_stats(unet, wrappers: dict, name: str, inputs, scheduler, dra
     t0 = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
     stats = ConceptStats()
-    if precision not in PRECISIONS:
-        raise ValueError(f"the statistics' precision must be float64 or float32, got {precision!r}.")
-    recorder = _Recorder(stats, PRECISIONS[precision])
+    recorder = _Recorder(stats, precision_dtype(precision, "the statistics' precision"))
     recorder.attach(wrappers)
     try:
         idx = torch.randint(0, inputs.latent_mean.shape[0], (draws,), generator=generator)
@@ -643,9 +649,11 @@ def record_output_moments(unet, wrappers: dict, name: str, inputs, scheduler, dr
 
     t0 = time.perf_counter()
     generator = torch.Generator().manual_seed(seed + 1)  # other draws than the input statistics'
+    dtype = precision_dtype(precision, "the statistics' precision")
+
     def grad_hook(path: str, conv: bool, g: torch.Tensor) -> None:
         # rows (N, out): one per position
-        _accumulate(stats.outputs, path, layer_inputs(g.detach(), conv).double(), PRECISIONS[precision])
+        _accumulate(stats.outputs, path, layer_inputs(g.detach(), conv).double(), dtype)
 
     def out_hook(path: str, conv: bool, module, args, out) -> None:
         if out.requires_grad:
@@ -723,9 +731,7 @@ def solve_all(loras: dict[str, dict[str, LoraFactors]], stats: dict[str, Concept
     solves: half the factorisations' time on a CPU, accurate where the ridge keeps the systems well conditioned
     (ρ = 3: relative merger error ~1e-5 measured; not for a ridge near 0, where float32 rounding leaves systems
     indefinite)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be float64 or float32, got {precision!r}.")
-    dtype = PRECISIONS[precision]
+    dtype = precision_dtype(precision)
     if output_weighting not in OUTPUT_WEIGHTINGS:
         raise ValueError(f"output_weighting must be none, layer or model, got {output_weighting!r}.")
     if output_weighting != "none":

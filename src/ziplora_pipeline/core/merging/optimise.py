@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from ..config_utils import require
 from ..diffusion.sdxl import ConceptInputs, batch_conditioning, noisy_batch, predict_in_chunks, unet_call
 from ..lora.factors import LoraFactors
+from .closed_form import PRECISIONS
 from .objective import Objective
 from .ziplora_layer import (ZipLoRALinear, attach_ziplora, load_merger_state_dict, mean_abs_cosine, merger_parameters,
                             merger_state_dict, overlap_penalty, set_mergers)
@@ -83,7 +84,7 @@ class MergeConfig:
         require(self.closed_form_draws > 0 and self.closed_form_batch_size > 0 and self.closed_form_ridge >= 0,
                 "merge.closed_form_draws and merge.closed_form_batch_size must be > 0, merge.closed_form_ridge >= 0.")
         require(self.closed_form_output_draws >= 0, "merge.closed_form_output_draws must be >= 0.")
-        require(self.closed_form_statistics_precision in ("float32", "float64"),
+        require(self.closed_form_statistics_precision in PRECISIONS,
                 f"merge.closed_form_statistics_precision must be float32 or float64, got "
                 f"{self.closed_form_statistics_precision!r}.")
 
