@@ -293,6 +293,28 @@ def test_prompt_ridge_applies_to_the_layers_reading_the_prompt_only():
     torch.testing.assert_close(got["up.attn1.to_q.subject"], plain["subject"])
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_mean_ridge_is_a_penalty_on_each_adapters_mean_merger(seed):
+    """``mean_ridge`` (ours): Q gains ρ̄ · scale · n · (mean(m_i) − 1)² per adapter (scale: the ridge's unit, the
+    system's mean diagonal), exactly; a stiff one holds each adapter's mean merger at 1 while the mergers still move
+    apart column by column, where the plain minimiser shrinks them."""
+    f, X = _layer(seed)
+    C = {k: x.T @ x for k, x in X.items()}
+    plain, penal = layer_quadratic(f, C, ridge=0.1), layer_quadratic(f, C, ridge=0.1, mean_ridge=7.0)
+    scale = plain.rho / 0.1
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(3):
+        m = torch.rand(12, generator=g, dtype=torch.float64) * 2
+        extra = sum(7.0 * scale * 6 * (float(m[b].mean()) - 1) ** 2 for b in (plain.bc, plain.bs))
+        got = float(penal.objective(m, 0.0, "dot") - plain.objective(m, 0.0, "dot"))
+        assert abs(got - extra) < 1e-9 * max(1.0, extra)
+    free = solve_layer(f, C, 0.001, ridge=0.01)
+    held = solve_layer(f, C, 0.001, ridge=0.01, mean_ridge=1e7)
+    for k in f:
+        assert abs(float(held[k].mean()) - 1) < 1e-4 < abs(float(free[k].mean()) - 1)
+        assert float((held[k] - 1).abs().max()) > 0.05  # not held at the direct merge: only its mean is
+
+
 def _weights(seed: int, out: int = 5):
     g = torch.Generator().manual_seed(100 + seed)
     Z = {k: torch.randn(out, out + 2, generator=g, dtype=torch.float64) for k in ("subject", "style")}

@@ -49,6 +49,9 @@ class ZipLoraClosedFormOptions:
     # ours: float64 | float32, the systems' and solves' precision (float32: half the factorisations' time on a CPU;
     # at ridge 3 the grid's tables were identical to float64's in two runs: docs/results/closed_form.md)
     precision: str = "float32"
+    # ours: the stiffness of each adapter's mean merger per layer, ρ̄ · scale · n · (mean(m_i) − 1)² (0: off): the
+    # mergers may move apart column by column but not shrink a whole LoRA (closed_form.layer_quadratic)
+    mean_ridge: float = 0.0
 
     def __post_init__(self):
         require(self.overlap in ("dot", "cosine", "mean_product"),
@@ -58,6 +61,7 @@ class ZipLoraClosedFormOptions:
         require(self.local_lr > 0, "ziplora_closed_form local_lr must be > 0.")
         require(self.refine_lr is None or self.refine_lr > 0, "ziplora_closed_form refine_lr must be > 0.")
         require(self.prompt_ridge is None or self.prompt_ridge >= 0, "ziplora_closed_form prompt_ridge must be >= 0.")
+        require(self.mean_ridge >= 0, "ziplora_closed_form mean_ridge must be >= 0.")
         require(self.precision in PRECISIONS,
                 f"ziplora_closed_form precision must be float64 or float32, got {self.precision!r}.")
         require(self.output_weighting in OUTPUT_WEIGHTINGS,
@@ -92,7 +96,8 @@ class ZipLoraClosedForm(MergeMethod):
         with measure(ctx.device) as cost:
             mergers = solve_all(ctx.factors, stats, o.lambda_overlap, o.overlap, o.normalize_recon, o.ridge,
                                 local_steps=o.local_steps, local_lr=o.local_lr, prompt_ridge=o.prompt_ridge,
-                                output_weighting=o.output_weighting, precision=o.precision)
+                                output_weighting=o.output_weighting, precision=o.precision,
+                                mean_ridge=o.mean_ridge)
         solve_s = time.perf_counter() - t0
         refine_s = 0.0
         if o.refine_steps:
