@@ -2,12 +2,15 @@
 
 A **diagnostic**, not a verdict (the grid's judged table is the verdict): for every pair of a finished grid run
 (``kedro run --env grid``) it loads the pair's two concept LoRAs, images and prompts, the optimiser's mergers
-(``<pair>.ziplora_mergers``) and the concepts' recorded statistics (``<concept>.input_statistics``), solves the
-closed form from those statistics (dot overlap, the ``ziplora_closed_form`` method's defaults), and scores the
-direct merge (all mergers 1), the optimiser's and the closed form's mergers on the same held-out draws the merge
-stage scores itself on (``merge.heldout_draws`` per concept from seed ``merge.seed + 1000003``; no merge saw them).
+(``<pair>.ziplora_mergers``) and the concepts' recorded statistics (``<concept>.input_statistics``), solves every
+``ziplora_closed_form`` entry named by ``--methods`` (default: the ``ziplora_closed_form`` entry) from those
+statistics with all its options, and scores the direct merge (all mergers 1), the optimiser's and each closed form's
+mergers on the same held-out draws the merge stage scores itself on (``merge.heldout_draws`` per concept from seed
+``merge.seed + 1000003``; no merge saw them). Beside it, how each set of mergers moved from the direct merge
+against the optimiser's: ``mean_shift`` (the mean of 1 − m over all columns: > 0 shrinks the LoRAs as a whole) and
+``corr_with_ziplora`` (Pearson correlation of 1 − m with the optimiser's 1 − m over all columns).
 
-    python benchmarks/closed_form_heldout.py --project <grid run folder> [--env grid]
+    python benchmarks/closed_form_heldout.py --project <grid run folder> [--env grid] [--methods a,b]
 
 Logs go to stderr; the last stdout line is one JSON object (per pair, and the ratio of the sums over pairs).
 """
@@ -25,15 +28,29 @@ from pathlib import Path
 logger = logging.getLogger("benchmarks.closed_form_heldout")
 
 
-def pair_figures(catalog, params, subject: str, style: str) -> dict:
+def moves(mergers: dict, reference: dict) -> dict:
+    """How ``mergers`` moved from all ones: the mean of 1 − m, and its correlation with ``reference``'s 1 − m."""
+    import torch
+
+    keys = sorted(reference)
+    d, ref = (torch.cat([1 - x[k].float().flatten() for k in keys]) for x in (mergers, reference))
+    corr = float(torch.corrcoef(torch.stack([d, ref]))[0, 1]) if d.std() > 0 and ref.std() > 0 else 0.0
+    return {"mean_shift": round(float(d.mean()), 4), "corr_with_ziplora": round(corr, 3)}
+
+
+def pair_figures(catalog, params, subject: str, style: str, methods: list[str]) -> dict:
+    import dataclasses
+
     import torch
 
     from ziplora_pipeline.core.config_utils import from_dict
     from ziplora_pipeline.core.diffusion.base_model import BaseModelConfig, load_base_pipeline
     from ziplora_pipeline.core.diffusion.sdxl import encode_concept, training_scheduler
     from ziplora_pipeline.core.lora.factors import checked_unet_factors
-    from ziplora_pipeline.core.merging.closed_form import ConceptStats, solve_all
+    from ziplora_pipeline.core.merging.closed_form import ConceptStats
+    from ziplora_pipeline.core.merging.method import parse_method
     from ziplora_pipeline.core.merging.optimise import build_teacher_pool, pool_terms
+    from ziplora_pipeline.core.merging.ziplora_closed_form import ZipLoraClosedForm
     from ziplora_pipeline.core.merging.ziplora_layer import (attach_ziplora, detach_ziplora, load_merger_state_dict,
                                                              merger_state_dict)
     from ziplora_pipeline.kedro_glue.params import merge_stage
@@ -49,9 +66,14 @@ def pair_figures(catalog, params, subject: str, style: str) -> dict:
         inputs[role] = encode_concept(pipe, [images[k] for k in sorted(images)], prompt["prompt"])
     stats = {r: ConceptStats.from_tensors(catalog.load(f"{c}.input_statistics"), f"{c}.input_statistics")
              for r, c in roles.items()}
-    options = params["merge"]["methods"].get("ziplora_closed_form") or {}
-    closed = solve_all(loras, stats, options.get("lambda_overlap", 0.01), options.get("overlap", "dot"),
-                       options.get("normalize_recon", True), options.get("ridge", 1e-6))
+    solved = {}
+    for name in methods:
+        method = parse_method(name, params["merge"]["methods"].get(name))
+        if not isinstance(method, ZipLoraClosedForm):
+            raise SystemExit(f"--methods: {name!r} is not a ziplora_closed_form entry of merge.methods.")
+        # each solve empties its statistics: a shallow copy each, as the method's own build does
+        copy = {n: dataclasses.replace(s, moments=dict(s.moments), outputs=dict(s.outputs)) for n, s in stats.items()}
+        solved[name] = method.solve(loras, copy)
     gradient = catalog.load(f"{pair}.ziplora_mergers")
     wrappers = attach_ziplora(pipe.unet, loras)
     scheduler = training_scheduler(pipe)
@@ -62,10 +84,11 @@ def pair_figures(catalog, params, subject: str, style: str) -> dict:
         heldout = [build_teacher_pool(pipe.unet, wrappers, scheduler, n, inputs[n], cfg, gen, cfg.heldout_draws)
                    for n in ("subject", "style")]
         ones = {k: torch.ones_like(v) for k, v in merger_state_dict(wrappers).items()}  # the direct merge
-        for label, mergers in (("direct", ones), ("gradient", gradient), ("closed_form", closed)):
+        for label, mergers in (("direct", ones), ("gradient", gradient), *solved.items()):
             load_merger_state_dict(wrappers, mergers)
             t = pool_terms(pipe.unet, wrappers, heldout, ["subject", "style"], cfg)
             out[label] = {k: round(t[k], 4) for k in ("recon_subject", "recon_style", "mean_abs_cos")}
+            out[label].update(moves(mergers, gradient))
     finally:
         detach_ziplora(pipe.unet, wrappers)
     logger.info("%s: %s", pair, out)
@@ -76,6 +99,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--project", required=True, help="the grid run's project folder")
     p.add_argument("--env", default="grid")
+    p.add_argument("--methods", default="ziplora_closed_form",
+                   help="comma-separated ziplora_closed_form entries of merge.methods to solve and score")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -85,6 +110,7 @@ def main(argv=None) -> int:
     from ziplora_pipeline.core.config_utils import from_dict
     from ziplora_pipeline.core.evaluation.grid import GridConfig
 
+    methods = [m for m in args.methods.split(",") if m]
     project = Path(args.project).resolve()
     bootstrap_project(project)
     with KedroSession.create(project_path=project, env=args.env) as session:
@@ -92,15 +118,21 @@ def main(argv=None) -> int:
         params = context.params
         catalog = context.catalog
         pairs = from_dict(GridConfig, params["grid"], "grid").pair_list()
-        per_pair = {f"{s}_x_{t}": pair_figures(catalog, params, s, t) for s, t in pairs}
+        per_pair = {f"{s}_x_{t}": pair_figures(catalog, params, s, t, methods) for s, t in pairs}
+    labels = ("direct", "gradient", *methods)
     total = {label: sum(v[label]["recon_subject"] + v[label]["recon_style"] for v in per_pair.values())
-             for label in ("direct", "gradient", "closed_form")}
-    ratios = [(v["closed_form"]["recon_subject"] + v["closed_form"]["recon_style"])
-              / (v["gradient"]["recon_subject"] + v["gradient"]["recon_style"]) for v in per_pair.values()]
+             for label in labels}
+    summary = {}
+    for name in methods:
+        ratios = [(v[name]["recon_subject"] + v[name]["recon_style"])
+                  / (v["gradient"]["recon_subject"] + v["gradient"]["recon_style"]) for v in per_pair.values()]
+        summary[name] = {"over_gradient_sum": round(total[name] / total["gradient"], 3),
+                         "over_gradient_per_pair_median": round(statistics.median(ratios), 3),
+                         "over_gradient_per_pair_range": [round(min(ratios), 3), round(max(ratios), 3)]}
+    moved = {label: {k: round(statistics.mean(v[label][k] for v in per_pair.values()), 4)
+                     for k in ("mean_shift", "corr_with_ziplora")} for label in labels}
     print(json.dumps({"pairs": per_pair, "sum_over_pairs": {k: round(v, 4) for k, v in total.items()},
-                      "closed_over_gradient_sum": round(total["closed_form"] / total["gradient"], 3),
-                      "closed_over_gradient_per_pair_median": round(statistics.median(ratios), 3),
-                      "closed_over_gradient_per_pair_range": [round(min(ratios), 3), round(max(ratios), 3)]}))
+                      "closed_form": summary, "moves_mean_over_pairs": moved}))
     return 0
 
 

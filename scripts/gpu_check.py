@@ -87,7 +87,7 @@ def check_training(pipe, images, args, device) -> tuple[dict, object]:
     cfg = LoraTrainingConfig(rank=args.rank, steps=args.train_steps, learning_rate=5e-5, checkpoint_every=0,
                              mixed_precision="no" if args.small else "bf16", gradient_checkpointing=not args.small)
     stamps = []
-    result = train_lora(pipe, inputs, cfg, "subject", on_step=lambda s, l: (
+    result = train_lora(pipe, inputs, cfg, "subject", on_step=lambda step, loss: (
         torch.cuda.synchronize() if device.type == "cuda" else None, stamps.append(time.perf_counter())))
     per_step = [b - a for a, b in zip(stamps, stamps[1:])]
     fig = {"s_per_step_median": sorted(per_step)[len(per_step) // 2], "s_per_step_min": min(per_step),

@@ -42,3 +42,25 @@ def test_a_repeat_over_three_times_the_median_is_a_stall():
         sys.path.pop(0)
     assert stats([1.0, 1.1, 0.9, 3.2]) == (1.05, 0.9, 1)  # 3.2 > 3 × 1.05
     assert stats([1.0, 1.1, 0.9, 3.1]) == (1.05, 0.9, 0)
+
+
+def test_closed_form_heldout_moves_compare_with_the_optimisers_mergers():
+    """``closed_form_heldout.moves``: the mean of 1 − m over all columns, and the correlation of 1 − m with the
+    reference's (1 for the reference itself and any positive multiple of its moves, −1 for the opposite moves)."""
+    import torch
+
+    sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
+    try:
+        from closed_form_heldout import moves
+    finally:
+        sys.path.pop(0)
+    g = torch.Generator().manual_seed(0)
+    ref = {"a.subject": 1 + 0.1 * torch.randn(7, generator=g), "a.style": 1 + 0.1 * torch.randn(5, generator=g)}
+    half = {k: 1 - 0.5 * (1 - v) for k, v in ref.items()}
+    opposite = {k: 2 - v for k, v in ref.items()}
+    shrunk = {k: torch.full_like(v, 0.8) for k, v in ref.items()}
+    mean_ref = float(torch.cat([1 - v for v in ref.values()]).mean())
+    assert moves(ref, ref) == {"mean_shift": round(mean_ref, 4), "corr_with_ziplora": 1.0}
+    assert moves(half, ref)["corr_with_ziplora"] == 1.0
+    assert moves(opposite, ref)["corr_with_ziplora"] == -1.0
+    assert moves(shrunk, ref) == {"mean_shift": 0.2, "corr_with_ziplora": 0.0}  # a uniform shrink: no column moves

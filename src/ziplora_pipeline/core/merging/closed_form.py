@@ -442,13 +442,22 @@ class _Quadratic:
         L, info = torch.linalg.cholesky_ex(work)
         return None if info != 0 else L
 
-    def _solve_with(self, Ls: torch.Tensor, nu: float, rhs: torch.Tensor) -> torch.Tensor:
-        """(P + ν/2 J)⁻¹ rhs (2n,) by block elimination with S(ν) = Ls Lsᵀ: m_s = S⁻¹ (rhs_s − B(ν)ᵀ P_cc⁻¹ rhs_c),
-        m_c = P_cc⁻¹ (rhs_c − B(ν) m_s), B(ν) = P_cs + ν/2 I; the P_cc⁻¹ by its factor (two triangular solves)."""
+    @functools.cached_property
+    def _y_r(self) -> torch.Tensor:
+        """P_cc⁻¹ r_c (n,): the same for every ν, so computed once per layer, not once per Newton step."""
+        return torch.cholesky_solve(self.r[self.bc, None], self._schur[0])[:, 0]
+
+    def _solve_with(self, Ls: torch.Tensor, nu: float, rhs: torch.Tensor | None = None) -> torch.Tensor:
+        """(P + ν/2 J)⁻¹ rhs (2n,; default r) by block elimination with S(ν) = Ls Lsᵀ: m_s = S⁻¹ (rhs_s − B(ν)ᵀ
+        P_cc⁻¹ rhs_c), m_c = P_cc⁻¹ (rhs_c − B(ν) m_s), B(ν) = P_cs + ν/2 I; the P_cc⁻¹ by its factor (two
+        triangular solves)."""
         Lc = self._schur[0]
         bc, bs = self.bc, self.bs
         Pcs = self.P[bc, bs]
-        y = torch.cholesky_solve(rhs[bc, None], Lc)[:, 0]
+        if rhs is None:
+            rhs, y = self.r, self._y_r
+        else:
+            y = torch.cholesky_solve(rhs[bc, None], Lc)[:, 0]
         ms = torch.cholesky_solve((rhs[bs] - Pcs.T @ y - (nu / 2) * y)[:, None], Ls)[:, 0]
         mc = torch.cholesky_solve((rhs[bc] - Pcs @ ms - (nu / 2) * ms)[:, None], Lc)[:, 0]
         m = torch.empty_like(rhs)
@@ -458,7 +467,7 @@ class _Quadratic:
     def solve(self, nu: float) -> torch.Tensor | None:
         """m(ν) = (P + ν/2 J)⁻¹ r by one n × n factorisation, or None where P + ν/2 J is not positive definite."""
         Ls = self.factor(nu)
-        return None if Ls is None else self._solve_with(Ls, nu, self.r)
+        return None if Ls is None else self._solve_with(Ls, nu)
 
     def _kink_by_newton(self, lo: float, hi: float, iterations: int) -> torch.Tensor | None:
         """The kink's m(ν*), d(ν*) = m_cᵀ m_s = 0, for a multiplier ν* in (lo, hi) = (−λ, λ) (it is a subgradient of
@@ -477,7 +486,7 @@ class _Quadratic:
                 lo, hi = (lo, nu) if nu > 0 else (nu, hi)
                 nu = 0.5 * (lo + hi)
                 continue
-            m = self._solve_with(Ls, nu, self.r)
+            m = self._solve_with(Ls, nu)
             mc, ms = m[self.bc], m[self.bs]
             d = float(mc @ ms)
             cos = abs(d) / max(float(mc.norm() * ms.norm()), 1e-300)

@@ -203,7 +203,10 @@ class KLoraMethod(MergeMethod):
         with measure(ctx.device) as c:
             klora = KLoRA(ctx.factors["subject"], ctx.factors["style"], self.options)
         first, last = klora.choices(0.0), klora.choices(1.0)
-        share = lambda ch: sum(v == "subject" for v in ch.values()) / max(len(ch), 1)
+
+        def share(ch: dict) -> float:
+            return sum(v == "subject" for v in ch.values()) / max(len(ch), 1)
+
         logger.info("K-LoRA (γ = %.3f): subject LoRA in %.0f%% of shared layers at the first step, %.0f%% at the last",
                     klora.gamma, 100 * share(first), 100 * share(last))
         size = lora_file_mb(ctx.sources["subject"]) + lora_file_mb(ctx.sources["style"])  # both ship

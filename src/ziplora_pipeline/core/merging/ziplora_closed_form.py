@@ -94,10 +94,7 @@ class ZipLoraClosedForm(MergeMethod):
                            self.name)
         t0 = time.perf_counter()
         with measure(ctx.device) as cost:
-            mergers = solve_all(ctx.factors, stats, o.lambda_overlap, o.overlap, o.normalize_recon, o.ridge,
-                                local_steps=o.local_steps, local_lr=o.local_lr, prompt_ridge=o.prompt_ridge,
-                                output_weighting=o.output_weighting, precision=o.precision,
-                                mean_ridge=o.mean_ridge)
+            mergers = self.solve(ctx.factors, stats)
         solve_s = time.perf_counter() - t0
         refine_s = 0.0
         if o.refine_steps:
@@ -112,6 +109,14 @@ class ZipLoraClosedForm(MergeMethod):
         if o.refine_steps:
             out["refine_seconds"] = refine_s
         return lora, out
+
+    def solve(self, factors: dict, stats: dict) -> dict[str, torch.Tensor]:
+        """Every layer's mergers with this entry's options (``closed_form.solve_all``; no refinement): the merger
+        file's ``{"<path>.<name>": m}``. ``stats`` ({"subject" | "style": ConceptStats}) is emptied as it is solved."""
+        o = self.options
+        return solve_all(factors, stats, o.lambda_overlap, o.overlap, o.normalize_recon, o.ridge,
+                         local_steps=o.local_steps, local_lr=o.local_lr, prompt_ridge=o.prompt_ridge,
+                         output_weighting=o.output_weighting, precision=o.precision, mean_ridge=o.mean_ridge)
 
     def _refine(self, ctx: BuildContext, mergers: dict) -> tuple[dict, float]:
         """``refine_steps`` of the merge stage's optimiser (Eq. 3 through the UNet) from the closed-form mergers."""
