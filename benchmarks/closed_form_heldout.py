@@ -8,7 +8,11 @@ statistics with all its options, and scores the direct merge (all mergers 1), th
 mergers on the same held-out draws the merge stage scores itself on (``merge.heldout_draws`` per concept from seed
 ``merge.seed + 1000003``; no merge saw them). Beside it, how each set of mergers moved from the direct merge
 against the optimiser's: ``mean_shift`` (the mean of 1 − m over all columns: > 0 shrinks the LoRAs as a whole) and
-``corr_with_ziplora`` (Pearson correlation of 1 − m with the optimiser's 1 − m over all columns).
+``corr_with_ziplora`` (Pearson correlation of 1 − m with the optimiser's 1 − m over all columns). And
+``gradient_agreement``: at the direct merge, the correlation of the layer-local objective's gradient (the closed
+form's, from the statistics, no ridge) with Eq. 3's own gradient at the UNet's output (one backward per half of each
+concept's held-out draws), per layer (the median over the layers both LoRAs adapt) and over all columns, with the
+split-half correlation of Eq. 3's gradient (how reliable its estimate is).
 
     python benchmarks/closed_form_heldout.py --project <grid run folder> [--env grid] [--methods a,b]
 
@@ -38,6 +42,53 @@ def moves(mergers: dict, reference: dict) -> dict:
     return {"mean_shift": round(float(d.mean()), 4), "corr_with_ziplora": round(corr, 3)}
 
 
+def gradient_agreement(unet, wrappers: dict, heldout: list, names: list[str], loras: dict, stats: dict,
+                       cfg) -> dict:
+    """Eq. 3's gradient at the direct merge (the held-out draws, halves apart) against the layer objective's."""
+    import statistics as st
+
+    import torch
+
+    from ziplora_pipeline.core.diffusion.sdxl import batch_conditioning, unet_call
+    from ziplora_pipeline.core.merging.closed_form import layer_quadratic
+
+    params = {f"{p}.{n}": w.mergers[n] for p, w in wrappers.items() for n in w.mergers}
+    halves = []
+    with torch.no_grad():
+        for w in wrappers.values():
+            for m in w.mergers.values():
+                m.fill_(1.0)
+    for half in (0, 1):
+        total = {k: torch.zeros_like(v) for k, v in params.items()}
+        for pool in heldout:
+            i = torch.arange(pool.noisy.shape[0])[half::2]
+            pred = unet_call(unet, pool.noisy[i], pool.timesteps[i], *batch_conditioning(pool.inputs, len(i)))
+            loss = cfg.objective.recon_term(pred, pool.target[i], pool.lora_effect)
+            for k, g in zip(params, torch.autograd.grad(loss, list(params.values()))):
+                total[k] += g
+        halves.append(total)
+    full = {k: (halves[0][k] + halves[1][k]) / 2 for k in params}
+
+    def corr(a, b):
+        return float(torch.corrcoef(torch.stack([a.double(), b.double()]))[0, 1])
+
+    local, per_layer = {}, []
+    for path in wrappers:
+        if not all(path in loras[n] for n in names):
+            continue
+        quad = layer_quadratic({n: loras[n][path] for n in names}, {n: stats[n].of(path) for n in names},
+                               cfg.normalize_recon, 0.0, path)
+        grad = 2 * (quad.P.sum(dim=1) - quad.r)  # ∇Q at m = 1: 2 (P 1 − r)
+        local[path] = grad.float()
+        per_layer.append(corr(grad, torch.cat([full[f"{path}.{n}"] for n in names])))
+    flat = torch.cat(list(local.values()))
+    eq3 = torch.cat([torch.cat([full[f"{p}.{n}"] for n in names]) for p in local])
+    split = corr(torch.cat([halves[0][k].flatten() for k in params]), torch.cat([halves[1][k].flatten() for k in params]))
+    return {"per_layer_median": round(st.median(per_layer), 3), "all_columns": round(corr(flat, eq3), 3),
+            "sign_agreement": round(float((flat.sign() == eq3.sign()).float().mean()), 3),
+            "eq3_split_half": round(split, 3)}
+
+
 def pair_figures(catalog, params, subject: str, style: str, methods: list[str]) -> dict:
     import dataclasses
 
@@ -48,7 +99,7 @@ def pair_figures(catalog, params, subject: str, style: str, methods: list[str]) 
     from ziplora_pipeline.core.diffusion.sdxl import encode_concept, training_scheduler
     from ziplora_pipeline.core.lora.factors import checked_unet_factors
     from ziplora_pipeline.core.merging.closed_form import ConceptStats
-    from ziplora_pipeline.core.merging.method import parse_method
+    from ziplora_pipeline.core.merging.registry import parse_method
     from ziplora_pipeline.core.merging.optimise import build_teacher_pool, pool_terms
     from ziplora_pipeline.core.merging.ziplora_closed_form import ZipLoraClosedForm
     from ziplora_pipeline.core.merging.ziplora_layer import (attach_ziplora, detach_ziplora, load_merger_state_dict,
@@ -66,6 +117,7 @@ def pair_figures(catalog, params, subject: str, style: str, methods: list[str]) 
         inputs[role] = encode_concept(pipe, [images[k] for k in sorted(images)], prompt["prompt"])
     stats = {r: ConceptStats.from_tensors(catalog.load(f"{c}.input_statistics"), f"{c}.input_statistics")
              for r, c in roles.items()}
+    agreement_stats = {n: dataclasses.replace(s, moments=dict(s.moments)) for n, s in stats.items()}
     solved = {}
     for name in methods:
         method = parse_method(name, params["merge"]["methods"].get(name))
@@ -89,6 +141,11 @@ def pair_figures(catalog, params, subject: str, style: str, methods: list[str]) 
             t = pool_terms(pipe.unet, wrappers, heldout, ["subject", "style"], cfg)
             out[label] = {k: round(t[k], 4) for k in ("recon_subject", "recon_style", "mean_abs_cos")}
             out[label].update(moves(mergers, gradient))
+        for w in wrappers.values():
+            for m in w.mergers.values():
+                m.requires_grad_(True)
+        out["gradient_agreement"] = gradient_agreement(pipe.unet, wrappers, heldout, ["subject", "style"], loras,
+                                                       agreement_stats, cfg)
     finally:
         detach_ziplora(pipe.unet, wrappers)
     logger.info("%s: %s", pair, out)
@@ -129,10 +186,13 @@ def main(argv=None) -> int:
         summary[name] = {"over_gradient_sum": round(total[name] / total["gradient"], 3),
                          "over_gradient_per_pair_median": round(statistics.median(ratios), 3),
                          "over_gradient_per_pair_range": [round(min(ratios), 3), round(max(ratios), 3)]}
+    agreement = {k: round(statistics.mean(v["gradient_agreement"][k] for v in per_pair.values()), 3)
+                 for k in ("per_layer_median", "all_columns", "sign_agreement", "eq3_split_half")}
     moved = {label: {k: round(statistics.mean(v[label][k] for v in per_pair.values()), 4)
                      for k in ("mean_shift", "corr_with_ziplora")} for label in labels}
     print(json.dumps({"pairs": per_pair, "sum_over_pairs": {k: round(v, 4) for k, v in total.items()},
-                      "closed_form": summary, "moves_mean_over_pairs": moved}))
+                      "closed_form": summary, "moves_mean_over_pairs": moved,
+                      "gradient_agreement_mean_over_pairs": agreement}))
     return 0
 
 
