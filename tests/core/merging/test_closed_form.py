@@ -3,6 +3,8 @@ the same objective, its errors, and a whole merge on the miniature model exporte
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -447,6 +449,34 @@ def test_float32_systems_give_the_float64_mergers_where_the_ridge_conditions_the
         torch.testing.assert_close(f32[k], f64[k], atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="precision must be float64 or float32"):
         solve_all(loras, stats(), lam, precision="half")
+
+
+def test_a_float32_kink_newton_cannot_resolve_is_solved_in_float64_without_a_float32_eigenbasis(monkeypatch):
+    """Where Newton on the kink's multiplier does not converge in float32, the layer goes to float64 at once (its
+    eigenbasis fallback there), not through a float32 eigendecomposition that would be thrown away."""
+    from ziplora_pipeline.core.merging import closed_form
+
+    f, X = _layer(2)
+    C = {k: x.T @ x for k, x in X.items()}
+    expected = solve_layer(f, C, 20.0, ridge=3.0)  # on the kink (float64, Newton)
+    newton = closed_form._Quadratic._kink_by_newton
+    eigen_dtypes = []
+    eigen = closed_form._Quadratic._eigen.func
+
+    def float32_fails(self, lo, hi, iterations):
+        return None if self.P.dtype == torch.float32 else newton(self, lo, hi, iterations)
+
+    def recorded_eigen(self):
+        eigen_dtypes.append(self.P.dtype)
+        return eigen(self)
+
+    monkeypatch.setattr(closed_form._Quadratic, "_kink_by_newton", float32_fails)
+    monkeypatch.setattr(closed_form._Quadratic, "_eigen", functools.cached_property(recorded_eigen))
+    closed_form._Quadratic._eigen.__set_name__(closed_form._Quadratic, "_eigen")
+    got = solve_layer(f, C, 20.0, ridge=3.0, dtype=torch.float32)
+    assert eigen_dtypes == []  # float64's Newton converged; float32's eigenbasis was never formed
+    for k in f:
+        torch.testing.assert_close(got[k], expected[k])
 
 
 def test_float32_statistics_are_the_float64_ones_rounded_and_solve_alike(trained, base_cfg, caplog):

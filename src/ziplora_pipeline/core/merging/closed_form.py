@@ -323,13 +323,13 @@ def solve_layer(factors: dict[str, LoraFactors], moments: dict[str, torch.Tensor
     elif lambda_overlap <= 0:
         m = quad.reconstruction_minimum
     elif overlap == "dot":
-        m = quad.dot_minimum(lambda_overlap)
+        m = quad.dot_minimum(lambda_overlap, eigen_fallback=dtype == torch.float64)
     else:  # not quadratic: L-BFGS on the statistics from the dot form's exact minimiser at the equivalent weight
         # (often on the kink, where the |·| stops a line search) and from the reconstruction minimiser; the lower kept
         starts = [quad.dot_minimum(quad.equivalent_dot_weight(lambda_overlap, overlap)), quad.reconstruction_minimum]
         m = min((quad.refine(x, lambda_overlap, overlap, refine_steps) for x in starts),
                 key=lambda x: float(quad.objective(x, lambda_overlap, overlap)))
-    if dtype != torch.float64 and (quad.eigendecomposed or not torch.isfinite(m).all()):
+    if dtype != torch.float64 and (m is None or quad.eigendecomposed or not torch.isfinite(m).all()):
         # float32 ran out of precision (the kink's multiplier pinned near the end of its interval, where Newton stops
         # short and the eigenbasis loses digits; measured on a layer the UNet's output hardly sees): this layer in
         # float64
@@ -550,7 +550,8 @@ class _Quadratic:
         """Σ_i (m − t_i)ᵀ K_i (m − t_i) / e_i + ρ ‖m − 1‖² + λ overlap(m_c, m_s)."""
         return m @ self.P @ m - 2 * self.r @ m + self.constant + lam * _overlap(m[self.bc], m[self.bs], form)
 
-    def dot_minimum(self, lam: float, iterations: int = 100, kink: str = "newton") -> torch.Tensor:
+    def dot_minimum(self, lam: float, iterations: int = 100, kink: str = "newton",
+                    eigen_fallback: bool = True) -> torch.Tensor | None:
         """The global minimiser of Q + λ |m_cᵀ m_s|, exactly.
 
         The objective is Q + λ d on d ≥ 0 and Q − λ d on d ≤ 0, and Q ± λ d ≤ Q + λ |d| everywhere. So where
@@ -561,7 +562,9 @@ class _Quadratic:
         the S-lemma gives strong duality: m(ν*) with ν* the root of d(ν) on the positive-definite interval (d is
         strictly decreasing there, from +∞ to −∞ unless the data miss an end's eigenvector), found in the
         eigenbasis (``_eigen``), or by Newton on d with a factorisation per step (``kink="newton"``, the default: the
-        same point, several times cheaper; the eigenbasis stays its fallback).
+        same point, several times cheaper; the eigenbasis stays its fallback). ``eigen_fallback=False``: None where
+        Newton does not converge, instead of the eigenbasis (a float32 layer is solved again in float64 then, and an
+        eigendecomposition in float32 would be thrown away).
         """
         for nu in (lam, -lam):
             m = self.solve(nu)
@@ -571,7 +574,7 @@ class _Quadratic:
         # neither piece holds its minimiser: the kink's multiplier is in (−λ, λ), found without the eigenbasis
         if kink == "newton":
             m = self._kink_by_newton(-lam, lam, iterations)
-            if m is not None:
+            if m is not None or not eigen_fallback:
                 return m
         lo, hi = self.interval
         # the kink: bisection for d(ν) = 0 inside (lo, hi), in the bracket's relative width
