@@ -21,5 +21,5 @@ def test_gpu_check_small_runs_every_stage_and_reports_the_closed_form(tmp_path):
     for stage in ("lora_training", "merge", "generation"):
         assert report[stage]["peak_gb"] > 0, stage
     cf = report["merge"]["closed_form"]
-    assert cf["finite"] and cf["shared_layers"] > 0 and cf["statistics_gb"] > 0
+    assert cf["shared_layers"] > 0 and cf["statistics_gb"] > 0
     assert all(math.isfinite(cf[k]) and cf[k] > 0 for k in ("seconds", "stats_s", "solve_s", "over_100_checkpointed_steps"))

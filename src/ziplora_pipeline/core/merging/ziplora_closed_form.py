@@ -110,11 +110,12 @@ class ZipLoraClosedForm(MergeMethod):
             out["refine_seconds"] = refine_s
         return lora, out
 
-    def solve(self, factors: dict, stats: dict) -> dict[str, torch.Tensor]:
+    def solve(self, factors: dict, stats: dict, counts: dict | None = None) -> dict[str, torch.Tensor]:
         """Every layer's mergers with this entry's options (``closed_form.solve_all``; no refinement): the merger
-        file's ``{"<path>.<name>": m}``. ``stats`` ({"subject" | "style": ConceptStats}) is emptied as it is solved."""
+        file's ``{"<path>.<name>": m}``. ``stats`` ({"subject" | "style": ConceptStats}) is emptied as it is solved;
+        ``counts``, if given, receives solve_all's layer counts (kink, shared)."""
         o = self.options
-        return solve_all(factors, stats, o.lambda_overlap, o.overlap, o.normalize_recon, o.ridge,
+        return solve_all(factors, stats, o.lambda_overlap, o.overlap, o.normalize_recon, o.ridge, counts=counts,
                          local_steps=o.local_steps, local_lr=o.local_lr, prompt_ridge=o.prompt_ridge,
                          output_weighting=o.output_weighting, precision=o.precision, mean_ridge=o.mean_ridge)
 
