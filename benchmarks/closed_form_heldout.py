@@ -72,24 +72,30 @@ def gradient_agreement(unet, wrappers: dict, heldout: list, names: list[str], lo
     def corr(a, b):
         return float(torch.corrcoef(torch.stack([a.double(), b.double()]))[0, 1])
 
-    local, per_layer = {}, []
-    for path in wrappers:
-        if not all(path in loras[n] for n in names):
-            continue
-        quad = layer_quadratic({n: loras[n][path] for n in names}, {n: stats[n].of(path) for n in names},
-                               cfg.normalize_recon, 0.0, path)
-        grad = 2 * (quad.P.sum(dim=1) - quad.r)  # ∇Q at m = 1: 2 (P 1 − r)
-        local[path] = grad.float()
-        per_layer.append(corr(grad, torch.cat([full[f"{path}.{n}"] for n in names])))
-    flat = torch.cat(list(local.values()))
-    eq3 = torch.cat([torch.cat([full[f"{p}.{n}"] for n in names]) for p in local])
+    def agreement(weighted: bool) -> dict:
+        local, per_layer = {}, []
+        for path in wrappers:
+            if not all(path in loras[n] for n in names):
+                continue
+            outputs = {n: stats[n].outputs[path] for n in names} if weighted else None
+            quad = layer_quadratic({n: loras[n][path] for n in names}, {n: stats[n].of(path) for n in names},
+                                   cfg.normalize_recon, 0.0, path, outputs)
+            grad = 2 * (quad.P.sum(dim=1) - quad.r)  # ∇Q at m = 1: 2 (P 1 − r)
+            local[path] = grad.float()
+            per_layer.append(corr(grad, torch.cat([full[f"{path}.{n}"] for n in names])))
+        flat = torch.cat(list(local.values()))
+        eq3 = torch.cat([torch.cat([full[f"{p}.{n}"] for n in names]) for p in local])
+        return {"per_layer_median": round(st.median(per_layer), 3), "all_columns": round(corr(flat, eq3), 3),
+                "sign_agreement": round(float((flat.sign() == eq3.sign()).float().mean()), 3)}
+
     split = corr(torch.cat([halves[0][k].flatten() for k in params]), torch.cat([halves[1][k].flatten() for k in params]))
-    return {"per_layer_median": round(st.median(per_layer), 3), "all_columns": round(corr(flat, eq3), 3),
-            "sign_agreement": round(float((flat.sign() == eq3.sign()).float().mean()), 3),
-            "eq3_split_half": round(split, 3)}
+    out = {**agreement(False), "eq3_split_half": round(split, 3)}
+    if all(stats[n].outputs for n in names):  # the K-FAC output-weighted layer objective too
+        out["output_weighted"] = agreement(True)
+    return out
 
 
-def pair_figures(catalog, params, subject: str, style: str, methods: list[str]) -> dict:
+def pair_figures(catalog, params, subject: str, style: str, methods: list[str], output_draws: int = 0) -> dict:
     import dataclasses
 
     import torch
@@ -141,6 +147,13 @@ def pair_figures(catalog, params, subject: str, style: str, methods: list[str]) 
             t = pool_terms(pipe.unet, wrappers, heldout, ["subject", "style"], cfg)
             out[label] = {k: round(t[k], 4) for k in ("recon_subject", "recon_style", "mean_abs_cos")}
             out[label].update(moves(mergers, gradient))
+        if output_draws:  # the output weights, recorded here on each concept's own model
+            from ziplora_pipeline.core.merging.closed_form import record_output_moments
+
+            for n in ("subject", "style"):
+                agreement_stats[n] = dataclasses.replace(agreement_stats[n], outputs={})
+                record_output_moments(pipe.unet, wrappers, n, inputs[n], scheduler, output_draws, cfg.timestep_range,
+                                      cfg.seed, agreement_stats[n])
         for w in wrappers.values():
             for m in w.mergers.values():
                 m.requires_grad_(True)
@@ -156,6 +169,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--project", required=True, help="the grid run's project folder")
     p.add_argument("--env", default="grid")
+    p.add_argument("--output-draws", type=int, default=0,
+                   help="> 0: also the agreement of the output-weighted (K-FAC) layer objective, its weights recorded "
+                        "from this many forward + backward passes per concept")
     p.add_argument("--methods", default="ziplora_closed_form",
                    help="comma-separated ziplora_closed_form entries of merge.methods to solve and score")
     args = p.parse_args(argv)
@@ -175,7 +191,8 @@ def main(argv=None) -> int:
         params = context.params
         catalog = context.catalog
         pairs = from_dict(GridConfig, params["grid"], "grid").pair_list()
-        per_pair = {f"{s}_x_{t}": pair_figures(catalog, params, s, t, methods) for s, t in pairs}
+        per_pair = {f"{s}_x_{t}": pair_figures(catalog, params, s, t, methods, args.output_draws)
+                    for s, t in pairs}
     labels = ("direct", "gradient", *methods)
     total = {label: sum(v[label]["recon_subject"] + v[label]["recon_style"] for v in per_pair.values())
              for label in labels}
@@ -188,6 +205,10 @@ def main(argv=None) -> int:
                          "over_gradient_per_pair_range": [round(min(ratios), 3), round(max(ratios), 3)]}
     agreement = {k: round(statistics.mean(v["gradient_agreement"][k] for v in per_pair.values()), 3)
                  for k in ("per_layer_median", "all_columns", "sign_agreement", "eq3_split_half")}
+    if args.output_draws:
+        agreement["output_weighted"] = {
+            k: round(statistics.mean(v["gradient_agreement"]["output_weighted"][k] for v in per_pair.values()), 3)
+            for k in ("per_layer_median", "all_columns", "sign_agreement")}
     moved = {label: {k: round(statistics.mean(v[label][k] for v in per_pair.values()), 4)
                      for k in ("mean_shift", "corr_with_ziplora")} for label in labels}
     print(json.dumps({"pairs": per_pair, "sum_over_pairs": {k: round(v, 4) for k, v in total.items()},
