@@ -210,7 +210,8 @@ def layer_quadratic(factors: dict[str, LoraFactors], moments: dict[str, torch.Te
     mergers may still move apart column by column. Why: the layer-local minimiser shrinks both LoRAs together where
     the concepts' inputs look alike (mean merger 0.83 on a toy pair against the 100-step optimiser's 0.97), the
     paper's "scaled-down direct merge, not a zipper". In the quadratic it is w 1 1ᵀ on each diagonal block (w =
-    ρ̄ · scale / n), w n 1 in the right-hand side: dense rank-one terms, so every solve below is unchanged."""
+    ρ̄ · scale / n), w n 1 in the right-hand side: dense rank-one terms, so every solve below is unchanged. Judged on
+    the 3 × 3 grid it does not help (docs/results/closed_form.md, 2026-12-06)."""
     names = list(factors)
     if len(names) != 2:
         raise ValueError(f"{where}: the closed-form merge takes two LoRAs, got {names}.")
