@@ -12,9 +12,10 @@ against the optimiser's: ``mean_shift`` (the mean of 1 − m over all columns: >
 ``gradient_agreement``: at the direct merge, the correlation of the layer-local objective's gradient (the closed
 form's, from the statistics, no ridge) with Eq. 3's own gradient at the UNet's output (one backward per half of each
 concept's held-out draws), per layer (the median over the layers both LoRAs adapt) and over all columns, with the
-split-half correlation of Eq. 3's gradient (how reliable its estimate is).
+split-half correlation of Eq. 3's gradient (how reliable its estimate is); with ``--output-draws N`` the same for the
+K-FAC output-weighted layer objective, its weights recorded from N forward + backward passes per concept.
 
-    python benchmarks/closed_form_heldout.py --project <grid run folder> [--env grid] [--methods a,b]
+    python benchmarks/closed_form_heldout.py --project <grid run folder> [--env grid] [--methods a,b] [--output-draws 4]
 
 Logs go to stderr; the last stdout line is one JSON object (per pair, and the ratio of the sums over pairs).
 """
