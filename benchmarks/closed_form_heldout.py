@@ -56,9 +56,9 @@ def gradient_agreement(unet, wrappers: dict, heldout: list, names: list[str], lo
     params = {f"{p}.{n}": w.mergers[n] for p, w in wrappers.items() for n in w.mergers}
     halves = []
     with torch.no_grad():
-        for w in wrappers.values():
-            for m in w.mergers.values():
-                m.fill_(1.0)
+        for m in params.values():
+            m.fill_(1.0)
+            m.requires_grad_(True)
     for half in (0, 1):
         total = {k: torch.zeros_like(v) for k, v in params.items()}
         for pool in heldout:
@@ -89,7 +89,7 @@ def gradient_agreement(unet, wrappers: dict, heldout: list, names: list[str], lo
         return {"per_layer_median": round(st.median(per_layer), 3), "all_columns": round(corr(flat, eq3), 3),
                 "sign_agreement": round(float((flat.sign() == eq3.sign()).float().mean()), 3)}
 
-    split = corr(torch.cat([halves[0][k].flatten() for k in params]), torch.cat([halves[1][k].flatten() for k in params]))
+    split = corr(*(torch.cat([h[k].flatten() for k in params]) for h in halves))
     out = {**agreement(False), "eq3_split_half": round(split, 3)}
     if all(stats[n].outputs for n in names):  # the K-FAC output-weighted layer objective too
         out["output_weighted"] = agreement(True)
@@ -124,15 +124,13 @@ def pair_figures(catalog, params, subject: str, style: str, methods: list[str], 
         inputs[role] = encode_concept(pipe, [images[k] for k in sorted(images)], prompt["prompt"])
     stats = {r: ConceptStats.from_tensors(catalog.load(f"{c}.input_statistics"), f"{c}.input_statistics")
              for r, c in roles.items()}
-    agreement_stats = {n: dataclasses.replace(s, moments=dict(s.moments)) for n, s in stats.items()}
+    agreement_stats = dict(stats)  # never emptied: the agreement only reads the matrices
     solved = {}
     for name in methods:
         method = parse_method(name, params["merge"]["methods"].get(name))
         if not isinstance(method, ZipLoraClosedForm):
             raise SystemExit(f"--methods: {name!r} is not a ziplora_closed_form entry of merge.methods.")
-        # each solve empties its statistics: a shallow copy each, as the method's own build does
-        copy = {n: dataclasses.replace(s, moments=dict(s.moments), outputs=dict(s.outputs)) for n, s in stats.items()}
-        solved[name] = method.solve(loras, copy)
+        solved[name] = method.solve(loras, {n: s.copy() for n, s in stats.items()})  # each solve empties its copy
     gradient = catalog.load(f"{pair}.ziplora_mergers")
     wrappers = attach_ziplora(pipe.unet, loras)
     scheduler = training_scheduler(pipe)
@@ -155,9 +153,6 @@ def pair_figures(catalog, params, subject: str, style: str, methods: list[str], 
                 agreement_stats[n] = dataclasses.replace(agreement_stats[n], outputs={})
                 record_output_moments(pipe.unet, wrappers, n, inputs[n], scheduler, output_draws, cfg.timestep_range,
                                       cfg.seed, agreement_stats[n])
-        for w in wrappers.values():
-            for m in w.mergers.values():
-                m.requires_grad_(True)
         out["gradient_agreement"] = gradient_agreement(pipe.unet, wrappers, heldout, ["subject", "style"], loras,
                                                        agreement_stats, cfg)
     finally:

@@ -502,8 +502,7 @@ def test_float32_statistics_are_the_float64_ones_rounded_and_solve_alike(trained
         assert stats["float32"][n].outputs and all(W.dtype == torch.float32 for W in stats["float32"][n].outputs.values())
         back = ConceptStats.from_tensors(stats["float32"][n].to_tensors())
         assert all(C.dtype == torch.float32 for C in back.moments.values())
-    solved = {p: solve_all(trained["factors"], {n: dataclasses.replace(s, moments=dict(s.moments))
-                                                for n, s in stats[p].items()}, 0.01, "dot", True, 3.0,
+    solved = {p: solve_all(trained["factors"], {n: s.copy() for n, s in stats[p].items()}, 0.01, "dot", True, 3.0,
                            precision="float32") for p in stats}
     assert max((solved["float32"][k] - solved["float64"][k]).abs().max().item() for k in solved["float64"]) < 1e-4
     ctx = dataclasses.replace(trained["ctx"], statistics=stats["float32"])

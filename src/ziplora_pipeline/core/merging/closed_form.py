@@ -43,7 +43,7 @@ import logging
 import math
 import time
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -101,6 +101,11 @@ class ConceptStats:
     # of a random projection vᵀ ε̂ of the UNet's output (v ~ N(0, I)) at the layer's output: E[g gᵀ] = Jᵀ J, the
     # Gauss-Newton weight of that layer's output in Eq. 3's squared error (one per layer: outputs are never shared)
     outputs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def copy(self) -> ConceptStats:
+        """A copy whose dicts ``solve_all`` may empty (it releases each matrix once used) while the original keeps
+        them: the matrices themselves are shared, not copied."""
+        return replace(self, moments=dict(self.moments), outputs=dict(self.outputs))
 
     def of(self, path: str) -> torch.Tensor | None:
         group = self.group_of.get(path)

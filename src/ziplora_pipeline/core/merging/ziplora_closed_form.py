@@ -85,9 +85,8 @@ class ZipLoraClosedForm(MergeMethod):
                              f"has none for {missing}: run the merge stage's input_statistics nodes (kedro run "
                              "--pipelines merge), or switch the method off.")
         o = self.options
-        # a shallow copy: the solve releases each matrix once used, and other entries may solve from the same stats
-        stats = {n: dataclasses.replace(stats[n], moments=dict(stats[n].moments), outputs=dict(stats[n].outputs))
-                 for n in ("subject", "style")}
+        # a copy: the solve releases each matrix once used, and other entries may solve from the same stats
+        stats = {n: stats[n].copy() for n in ("subject", "style")}
         if o.precision == "float64" and any(C.dtype != torch.float64 for s in stats.values() for C in s.moments.values()):
             logger.warning("Method '%s' solves in float64 from float32 statistics: their rounding (~1e-7 of each "
                            "matrix's largest eigenvalue) bounds its precision; for a ridge near 0 set "
